@@ -1,0 +1,49 @@
+"""What inference returns for one image, in original-image pixels.
+
+Kept independent of torch so that evaluation, drawing and export checks can use it
+without importing the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from . import coco_categories
+
+
+@dataclass
+class Detections:
+    """Detectron's final detections for one image, in Detectron's output order
+    (class-major, RoI order within a class)."""
+
+    boxes: np.ndarray  # (N, 4) float32, x1, y1, x2, y2 (inclusive pixel coords, Detectron's convention)
+    scores: np.ndarray  # (N,) float32
+    classes: np.ndarray  # (N,) int64, Detectron's contiguous class index 1..80
+    image_size: Tuple[int, int]  # (height, width) of the original image
+    masks_rle: Optional[List[dict]] = None  # pycocotools RLE per detection, counts as str
+    mask_probs: Optional[np.ndarray] = None  # (N, M, M) float32 sigmoid of each detection's class
+    timings: dict = field(default_factory=dict)  # stage name -> seconds
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def category_ids(self) -> List[int]:
+        return [coco_categories.coco_id(c) for c in self.classes]
+
+    @property
+    def category_names(self) -> List[str]:
+        return [coco_categories.name(c) for c in self.classes]
+
+    def dense_masks(self) -> np.ndarray:
+        """(N, H, W) uint8 binary masks decoded from the RLEs."""
+        from pycocotools import mask as mask_util
+
+        h, w = self.image_size
+        if not self.masks_rle:
+            return np.zeros((0, h, w), np.uint8)
+        rles = [dict(r, counts=r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"])
+                for r in self.masks_rle]
+        return np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1))
