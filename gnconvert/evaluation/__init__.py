@@ -1,0 +1,12 @@
+"""COCO evaluation of a converted model: the machinery behind `gnconvert verify`.
+
+A "predictor" is anything with `predict_batch(list of BGR uint8 arrays) -> list of
+gnconvert.detections.Detections` (the inference Detector is one).
+"""
+from .coco_eval import METRICS, CocoEvaluator, evaluate, load_annotations
+from .coco_layout import CocoLayout, find_layout
+from .results_format import detectron_order, from_results, to_results
+from .verify import run_verify
+
+__all__ = ["METRICS", "CocoEvaluator", "evaluate", "load_annotations", "CocoLayout", "find_layout",
+           "detectron_order", "from_results", "to_results", "run_verify"]

@@ -1,0 +1,329 @@
+"""The verify loop: predict every image, save as we go, evaluate, judge, report.
+
+Per-image results are appended to `OUTPUT/partial/*.jsonl` after every batch, so a run
+killed at any point resumes (`resume=True`) from the images it had finished.  The final
+results files are written in Detectron's format and order, so one process, many
+processes and a resumed run give byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from ..errors import GnconvertError, ParityError, UsageError
+from . import reference as reference_mod
+from .coco_eval import EVALUATORS, METRICS, CocoEvaluator, backend, load_annotations
+from .coco_layout import CocoLayout
+from .dataset import image_loader
+from .distributed import Workers
+from .results_format import detectron_order, to_results
+
+IOU_TYPES = {"bbox": "box AP", "segm": "mask AP"}
+PUBLISHED_KEYS = {"bbox": "box_ap", "segm": "mask_ap"}
+
+
+def _stderr(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def _json_safe(obj):
+    """NaN (an AP with no ground truth in its range) as null: standard JSON for any reader."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temporary name in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class PartialResults:
+    """Per-image records appended as JSON lines; every run (and rank) writes its own file.
+
+    A run killed mid-write leaves at most one truncated last line, which loading skips.
+    The first line fingerprints the run so a resume cannot mix two models' results.
+    """
+
+    def __init__(self, folder: Path, fingerprint: dict):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self._file = None
+
+    def clear(self) -> None:
+        if self.folder.is_dir():
+            for p in self.folder.glob("*.jsonl"):
+                p.unlink()
+            self.folder.rmdir()
+
+    def load(self) -> Dict[int, dict]:
+        done: Dict[int, dict] = {}
+        if not self.folder.is_dir():
+            return done
+        for p in sorted(self.folder.glob("*.jsonl")):
+            with open(p) as f:
+                lines = f.read().split("\n")
+            records = []
+            for line in lines:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue  # the empty tail, or a line cut by a kill
+            if not records:
+                continue
+            header = records[0].get("fingerprint")
+            if header != self.fingerprint:
+                raise UsageError(f"partial results in {self.folder} come from another run ({header}); "
+                                 "use a different --output or run without --resume to start over")
+            for r in records[1:]:
+                done[int(r["image_id"])] = r
+        return done
+
+    def append(self, records: List[dict], rank: int) -> None:
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            name = f"rank{rank}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._file = open(self.folder / name, "w")
+            self._file.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+        for r in records:
+            self._file.write(json.dumps(r) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _prepare(layout: CocoLayout, limit: Optional[int]) -> Tuple[dict, List[Tuple[int, Path]]]:
+    annotations = load_annotations(layout.annotations)
+    images = sorted(annotations["images"], key=lambda im: int(im["id"]))
+    if limit is not None:
+        if limit < 1:
+            raise UsageError(f"--limit {limit} selects no images; give a positive number or leave it out")
+        images = images[:limit]
+    if not images:
+        raise UsageError(f"{layout.annotations} lists no images")
+    return annotations, [(int(im["id"]), layout.images / im["file_name"]) for im in images]
+
+
+def _predict(predictor, todo, workers: Workers, partial: PartialResults, batch_size: int, num_workers: int,
+             progress: bool, warn: Callable[[str], None]) -> Tuple[Dict[int, dict], float, float]:
+    """Run the predictor over this rank's images; returns (records, loop seconds, predict seconds)."""
+    records: Dict[int, dict] = {}
+    bar = tqdm(total=len(todo), unit="img", desc="verify", disable=not (progress and workers.is_main),
+               dynamic_ncols=True)
+    predict_s = 0.0
+    start = time.perf_counter()
+    try:
+        for batch in image_loader(todo, batch_size=batch_size, workers=num_workers):
+            ok = [item for item in batch if item.image is not None]
+            new = []
+            for item in batch:
+                if item.image is None:
+                    warn(f"gnconvert: warning: skipped image {item.image_id} ({item.path}): {item.error}")
+                    new.append({"image_id": item.image_id, "path": item.path, "error": item.error})
+            if ok:
+                t0 = time.perf_counter()
+                outputs = predictor.predict_batch([item.image for item in ok])
+                predict_s += time.perf_counter() - t0
+                if len(outputs) != len(ok):
+                    raise RuntimeError(f"predictor returned {len(outputs)} results for {len(ok)} images")
+                for item, dets in zip(ok, outputs):
+                    bbox, segm = to_results(item.image_id, dets)
+                    new.append({"image_id": item.image_id, "bbox": bbox, "segm": segm})
+            partial.append(new, workers.rank)
+            for r in new:
+                records[r["image_id"]] = r
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        partial.close()
+    return records, time.perf_counter() - start, predict_s
+
+
+def _verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: float) -> Optional[dict]:
+    if not published:
+        return None
+    out = {}
+    for t, key in PUBLISHED_KEYS.items():
+        if published.get(key) is None or t not in measured:
+            continue
+        delta = measured[t]["AP"] - float(published[key])
+        out[t] = {"published": float(published[key]), "delta": delta,
+                  "verdict": "PASS" if abs(delta) <= tolerance + 1e-9 else "FAIL"}
+    out["overall"] = "PASS" if all(v["verdict"] == "PASS" for k, v in out.items()) else "FAIL"
+    return out
+
+
+def _fmt(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+
+
+def format_report(report: dict) -> str:
+    """The table `gnconvert verify` prints."""
+    lines = [f"{report['source']} on {report['dataset']}: {report['images_evaluated']} images"
+             f" ({report['images_skipped']} skipped), {report['evaluator']}"]
+    head = f"{'':8} {'published':>9} {'measured':>9} {'delta':>7}  {'verdict':<7}" + \
+        "".join(f"{m:>6}" for m in METRICS[1:])
+    lines.append(head)
+    verdict = report.get("verdict") or {}
+    for t, label in IOU_TYPES.items():
+        if t not in report["metrics"]:
+            continue
+        m = report["metrics"][t]
+        v = verdict.get(t)
+        published = _fmt(v["published"]) if v else "-"
+        delta = f"{v['delta']:+.2f}" if v else "-"
+        word = v["verdict"] if v else "n/a"
+        lines.append(f"{label:8} {published:>9} {m['AP']:>9.2f} {delta:>7}  {word:<7}"
+                     + "".join(f"{_fmt(m[k]):>6}" for k in METRICS[1:]))
+    if verdict:
+        lines.append(f"verdict: {verdict['overall']} (tolerance {report['tolerance']} AP)")
+    else:
+        lines.append("verdict: none (no published AP for this source in the catalog)")
+    ref = report.get("reference")
+    if ref:
+        c = ref["comparison"]
+        lines.append("Detectron's own detections on these images: "
+                     + ", ".join(f"{IOU_TYPES[t]} {ref['metrics'][t]['AP']:.2f}" for t in ref["metrics"]))
+        b, s = c["box_max_abs_diff_px"], c["score_abs_diff"]
+        lines.append(f"matched {c['matched']}/{c['detectron_detections']} of Detectron's detections "
+                     f"({100 * c['matched_share']:.2f}%, same class, IoU >= {c['iou_threshold']}); "
+                     f"{c['ours_unmatched']} of ours unmatched")
+        lines.append(f"box |diff| px: median {b['median']:.3g}, p99 {b['p99']:.3g}, max {b['max']:.3g}; "
+                     f"score |diff|: median {s['median']:.3g}, p99 {s['p99']:.3g}, max {s['max']:.3g}")
+    lines.append(f"{report['timing']['images_per_second']:.2f} images/s; report: {report['files']['report']}")
+    return "\n".join(lines)
+
+
+def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, published: Optional[dict] = None,
+               tolerance: float = 0.1, limit: Optional[int] = None, batch_size: int = 1, workers: int = 2,
+               resume: bool = False, evaluator: str = "pycocotools", reference: Optional[Dict[str, Path]] = None,
+               progress: bool = True, dist: Optional[Workers] = None,
+               echo: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr) -> Optional[dict]:
+    """Verify `predictor` on the COCO data of `layout`; returns the report (None on ranks > 0).
+
+    `predictor` has `predict_batch(list of BGR arrays) -> list of Detections`, or is a
+    zero-argument callable returning one (called only if there are images to run).
+
+    `published` is the catalog's {'box_ap', 'mask_ap'}: with it each AP gets PASS/FAIL
+    within `tolerance`, and a FAIL raises ParityError after the report is written.
+    `reference` is {'bbox': path, 'segm': path} of Detectron's own results files.
+    """
+    dist = dist or Workers()
+    if evaluator not in EVALUATORS:
+        raise UsageError(f"unknown evaluator {evaluator!r}; choose one of {', '.join(EVALUATORS)}")
+    if batch_size < 1 or workers < 0:
+        raise UsageError("--batch-size must be >= 1 and --workers >= 0")
+    output = Path(output)
+    fingerprint = {"source": str(source), "annotations": str(Path(layout.annotations).resolve())}
+    partial = PartialResults(output / "partial", fingerprint)
+
+    # Rank 0 reads the annotations and any partial results, then tells every rank what to do;
+    # an error there reaches every rank instead of leaving them waiting.
+    plan, annotations, done = None, None, {}
+    if dist.is_main:
+        try:
+            backend(evaluator)  # a missing optional evaluator fails before any image is run
+            annotations, items = _prepare(layout, limit)
+            output.mkdir(parents=True, exist_ok=True)
+            if resume:
+                done = partial.load()
+            else:
+                partial.clear()
+            todo = [(i, p) for i, p in items if i not in done]
+            plan = {"items": [(i, str(p)) for i, p in items], "todo": [(i, str(p)) for i, p in todo]}
+        except (GnconvertError, OSError) as e:
+            dist.broadcast({"error": e})
+            raise
+    plan = dist.broadcast(plan)
+    if "error" in plan:
+        raise plan["error"]
+    items = plan["items"]
+    mine = dist.shard(plan["todo"])
+
+    if mine and not hasattr(predictor, "predict_batch"):
+        predictor = predictor()  # a loader: the model is built only once the data checks passed
+    records, loop_s, predict_s = _predict(predictor, mine, dist, partial, batch_size, workers, progress, warn)
+    gathered = dist.gather({"records": records, "loop_s": loop_s, "predict_s": predict_s, "n": len(mine)})
+    if not dist.is_main:
+        return None
+
+    all_records = dict(done)
+    for g in gathered:
+        all_records.update(g["records"])
+    wanted = [i for i, _ in items]
+    skipped = [all_records[i] for i in wanted if "error" in all_records[i]]
+    evaluated = [i for i in wanted if "error" not in all_records[i]]
+    if not evaluated:
+        raise GnconvertError(f"none of the {len(wanted)} images under {layout.images} could be decoded; "
+                             "check the --images folder")
+
+    results = {t: detectron_order(e for i in evaluated for e in all_records[i][t]) for t in IOU_TYPES}
+    files = {"bbox": output / f"bbox_{layout.name}_results.json",
+             "segm": output / f"segmentations_{layout.name}_results.json",
+             "report": output / "report.json"}
+    for t in IOU_TYPES:
+        write_json_atomic(files[t], results[t])
+    iou_types = [t for t in IOU_TYPES if results[t] or t == "bbox"]
+
+    coco = CocoEvaluator(annotations, evaluator)
+    evals = {t: coco.evaluate(results[t], t, evaluated) for t in iou_types}
+    metrics = {t: evals[t]["metrics"] for t in iou_types}
+
+    ref_report = None
+    if reference:
+        ref_results = {t: reference_mod.load_results_file(reference[t], evaluated) for t in reference}
+        ref_report = {
+            "files": {t: str(p) for t, p in reference.items()},
+            "metrics": {t: coco.evaluate(ref_results[t], t, evaluated)["metrics"] for t in ref_results},
+            "comparison": reference_mod.compare(results["bbox"], ref_results.get("bbox", []), evaluated),
+        }
+
+    slowest = max(g["loop_s"] for g in gathered)
+    n_new = sum(g["n"] for g in gathered)
+    report = {
+        "source": str(source), "dataset": layout.name, "annotations": str(layout.annotations),
+        "images": str(layout.images), "limit": limit, "world_size": dist.world_size,
+        "images_evaluated": len(evaluated), "images_skipped": len(skipped),
+        "skipped": [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in skipped],
+        "evaluator": evaluator, "tolerance": tolerance, "metrics": metrics,
+        "coco_summary": {t: evals[t]["summary"] for t in iou_types},
+        "verdict": _verdicts(metrics, published, tolerance), "reference": ref_report,
+        "timing": {"predicted_images": n_new, "resumed_images": len(done), "loop_seconds": slowest,
+                   "predict_seconds": sum(g["predict_s"] for g in gathered),
+                   "images_per_second": (n_new / slowest) if slowest > 0 else float("nan")},
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    write_json_atomic(files["report"], _json_safe(report))
+    partial.clear()
+    echo(format_report(report))
+    if report["verdict"] and report["verdict"]["overall"] == "FAIL":
+        bad = [f"{IOU_TYPES[t]} {metrics[t]['AP']:.2f} vs published {v['published']}"
+               for t, v in report["verdict"].items() if t != "overall" and v["verdict"] == "FAIL"]
+        raise ParityError(f"verify FAILED for {source}: {'; '.join(bad)} (tolerance {tolerance}); "
+                          f"see {files['report']}")
+    return report
