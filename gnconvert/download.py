@@ -1,0 +1,479 @@
+"""Getting Detectron's published files into the local cache, intact.
+
+Detectron's file server keeps an MD5 next to every file (`<url>.md5sum`); a file
+only appears under its final cache name after its MD5 matched, and a cached file
+is re-hashed against the stored MD5 before it is reused.  Transfers stream with
+constant memory into `<name>.part` in the same folder (so the final rename is
+atomic), resume with HTTP Range, retry connection errors, timeouts and 5xx with
+backoff, and hold a per-file lock so concurrent processes don't collide.
+
+No torch here: `gnconvert list` / `fetch` must start fast.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import queue
+import re
+import shutil
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import filelock
+import requests
+import urllib3
+from tqdm import tqdm
+
+from . import __version__, catalog
+from .errors import DownloadError, UsageError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+WHATS = ("model", "boxes", "masks", "all")
+_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+# --- where things are -------------------------------------------------------
+
+def base_url() -> str:
+    """$GNCONVERT_BASE_URL (mirrors, tests), else Detectron's official file server."""
+    url = os.environ.get("GNCONVERT_BASE_URL") or catalog.load_catalog().base_url
+    return url.rstrip("/")
+
+
+def cache_dir() -> Path:
+    """$GNCONVERT_CACHE, else $XDG_CACHE_HOME/gnconvert, else ~/.cache/gnconvert."""
+    if os.environ.get("GNCONVERT_CACHE"):
+        return Path(os.environ["GNCONVERT_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return root / "gnconvert"
+
+
+def offline() -> bool:
+    return os.environ.get("GNCONVERT_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def local_path(rel: str) -> Path:
+    """The cache keeps the server's relative path, like Detectron's own cache does."""
+    return cache_dir() / rel
+
+
+def _md5_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".md5sum")
+
+
+def _part(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Transfer knobs; environment variables so tests (and slow links) can tune them."""
+
+    retries: int = 4
+    backoff_s: float = 1.0  # doubled after each failed attempt
+    timeout_s: float = 30.0  # connect, and each read
+    lock_timeout_s: float = 3 * 3600.0
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        def num(name, default, kind=float):
+            raw = os.environ.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise UsageError(f"{name}={raw!r} is not a number; unset it or give a number") from None
+
+        return cls(
+            retries=num("GNCONVERT_RETRIES", cls.retries, int),
+            backoff_s=num("GNCONVERT_RETRY_BACKOFF", cls.backoff_s),
+            timeout_s=num("GNCONVERT_TIMEOUT", cls.timeout_s),
+            lock_timeout_s=num("GNCONVERT_LOCK_TIMEOUT", cls.lock_timeout_s),
+        )
+
+
+# --- public API -------------------------------------------------------------
+
+def cached_path(model_id: str, what: str = "model", verify: bool = True) -> Optional[Path]:
+    """The cached file if present and (unless verify=False) matching its stored MD5."""
+    path = local_path(catalog.get(model_id).file(what))
+    if verify:
+        return path if _is_intact(path) else None
+    return path if path.is_file() and _md5_sidecar(path).is_file() else None
+
+
+def fetch(model_id: str, what: str = "model", force: bool = False,
+          progress: Optional[bool] = None) -> Dict[str, Path]:
+    """Download (or reuse from the cache) one model's published files: {what: local path}.
+
+    `what` is "model", "boxes", "masks" or "all"; `progress` None means a bar only on a terminal.
+    """
+    if what not in WHATS:
+        raise UsageError(f"--what must be one of {', '.join(WHATS)}, not '{what}'")
+    entry = catalog.get(model_id)
+    whats = list(entry.files) if what == "all" else [what]
+    rels = {w: entry.file(w) for w in whats}  # raises NoDownloadError / unknown what first
+    return {w: fetch_file(rel, force=force, progress=progress) for w, rel in rels.items()}
+
+
+def fetch_file(rel: str, force: bool = False, progress: Optional[bool] = None) -> Path:
+    """Fetch one server-relative path into the cache and return its verified local path."""
+    final = local_path(rel)
+    url = f"{base_url()}/{rel}"
+    if not force and _is_intact(final):
+        return final
+    if offline():
+        raise DownloadError(
+            f"GNCONVERT_OFFLINE is set and {rel.rsplit('/', 1)[-1]} has no verified copy in the cache "
+            f"({final}); unset GNCONVERT_OFFLINE to download it, or copy it there with its .md5sum"
+        )
+    settings = Settings.from_env()
+    show = sys.stderr.isatty() if progress is None else progress
+    _make_dirs(final.parent)
+    with _locked(final, settings), _session() as session:
+        if not force and _is_intact(final):
+            log.info("reusing %s, downloaded meanwhile by another process", final)
+            return final
+        expected = _fetch_md5(session, url, settings)
+        if not force and final.is_file() and _md5_file(final) == expected:
+            _write_atomic(_md5_sidecar(final), expected + "\n")  # e.g. a file copied in by hand
+            return final
+        _remove(final)  # corrupt or forced: never leave a stale file under the final name
+        _remove(_md5_sidecar(final))
+        _download_verified(session, url, final, expected, settings, show)
+    return final
+
+
+# --- integrity --------------------------------------------------------------
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_intact(path: Path) -> bool:
+    try:
+        stored = _md5_sidecar(path).read_text().split()[0].lower()
+        return path.is_file() and _md5_file(path) == stored
+    except (OSError, IndexError):
+        return False
+
+
+def _parse_md5(text: str, url: str) -> str:
+    token = text.strip().split()[0].lower() if text.strip() else ""
+    if not _MD5_RE.match(token):
+        if "<html" in text[:512].lower() or "<!doctype" in text[:512].lower():
+            raise DownloadError(f"the server sent an HTML page instead of the MD5 at {url}; "
+                                f"check GNCONVERT_BASE_URL or try again later")
+        raise DownloadError(f"{url} does not hold an MD5 (got {text[:40]!r}); check GNCONVERT_BASE_URL")
+    return token
+
+
+def _looks_like_html(head: bytes) -> bool:
+    head = head[:512].lstrip().lower()
+    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
+
+
+# --- transfer ---------------------------------------------------------------
+
+class _Retryable(Exception):
+    """A transient failure: connection error, timeout, 5xx, short body."""
+
+
+class _Restart(Exception):
+    """The partial file cannot be continued; start again from byte 0."""
+
+
+@contextmanager
+def _session() -> Iterator[requests.Session]:
+    with requests.Session() as s:
+        # identity: Content-Length and Range offsets must count the file's own bytes
+        s.headers.update({"User-Agent": f"gnconvert/{__version__}", "Accept-Encoding": "identity"})
+        yield s
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _with_retries(what: str, url: str, settings: Settings, attempt_fn):
+    for attempt in range(settings.retries + 1):
+        try:
+            return attempt_fn()
+        except _Retryable as e:
+            if attempt == settings.retries:
+                raise DownloadError(
+                    f"could not download {url} after {attempt + 1} attempts ({e}); "
+                    f"check the network or GNCONVERT_BASE_URL and run again{what}"
+                ) from None
+            delay = settings.backoff_s * 2 ** attempt
+            log.warning("%s: %s; retrying in %.1fs", url, e, delay)
+            time.sleep(delay)
+
+
+def _check_status(resp: requests.Response, url: str) -> None:
+    code = resp.status_code
+    if code in (200, 206):
+        return
+    if code >= 500 or code in (408, 429):
+        raise _Retryable(f"HTTP {code} {resp.reason}")
+    if code in (403, 404, 410):
+        raise DownloadError(f"HTTP {code} {resp.reason} for {url}: the server does not have this file; "
+                            f"check GNCONVERT_BASE_URL (now {base_url()})")
+    raise DownloadError(f"HTTP {code} {resp.reason} for {url}; check GNCONVERT_BASE_URL")
+
+
+def _get(session: requests.Session, url: str, settings: Settings, headers=None) -> requests.Response:
+    try:
+        return session.get(url, headers=headers, stream=True, timeout=settings.timeout_s)
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise _Retryable(_one_line(e)) from None
+
+
+def _fetch_md5(session: requests.Session, url: str, settings: Settings) -> str:
+    md5_url = url + ".md5sum"
+
+    def attempt() -> str:
+        with _get(session, md5_url, settings) as resp:
+            _check_status(resp, md5_url)
+            try:
+                text = resp.content[:4096].decode("utf-8", "replace")
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                raise _Retryable(_one_line(e)) from None
+        return _parse_md5(text, md5_url)
+
+    return _with_retries("", md5_url, settings, attempt)
+
+
+def _download_verified(session, url, final: Path, expected: str, settings: Settings, show: bool) -> None:
+    part = _part(final)
+    for fresh_try in (False, True):
+        resumed = part.is_file() and part.stat().st_size > 0
+        keep = f"; the partial download is kept at {part} and will resume"
+        got = _with_retries(keep, url, settings,
+                            lambda: _download_once(session, url, part, settings, show))
+        if got == expected:
+            _write_atomic(_md5_sidecar(final), expected + "\n")
+            os.replace(part, final)
+            return
+        html = _looks_like_html(_read_head(part))
+        _remove(part)
+        if resumed and not fresh_try:
+            log.warning("%s: MD5 mismatch after resuming a partial download; starting over", url)
+            continue
+        if html:
+            raise DownloadError(f"the server sent an HTML page instead of {url}; "
+                                f"check GNCONVERT_BASE_URL or try again later")
+        raise DownloadError(f"MD5 mismatch for {url}: expected {expected}, got {got}; "
+                            f"nothing was kept, run again (or report a bad mirror)")
+
+
+def _read_head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(512)
+    except OSError:
+        return b""
+
+
+def _download_once(session, url: str, part: Path, settings: Settings, show: bool) -> str:
+    try:
+        return _stream_to_part(session, url, part, settings, show)
+    except _Restart as e:
+        log.info("%s: %s; downloading from the start", url, e)
+        _remove(part)
+        return _stream_to_part(session, url, part, settings, show)
+
+
+def _stream_to_part(session, url: str, part: Path, settings: Settings, show: bool) -> str:
+    offset = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else None
+    with _get(session, url, settings, headers) as resp:
+        if resp.status_code == 416 and offset:
+            raise _Restart("the server cannot continue the partial file (HTTP 416)")
+        _check_status(resp, url)
+        if resp.headers.get("Content-Type", "").startswith("text/html") and not url.endswith(".html"):
+            _remove(part)
+            raise DownloadError(f"the server sent an HTML page instead of {url}; "
+                                f"check GNCONVERT_BASE_URL or try again later")
+        if resp.status_code == 206:
+            start = _content_range_start(resp)
+            if start != offset:
+                raise _Restart(f"the server resumed at byte {start}, not {offset}")
+        else:
+            offset = 0  # 200: the server ignored Range; the body is the whole file
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        _check_free_space(part, length)
+        name = url.rsplit("/", 1)[-1]
+        bar = tqdm(total=(offset + length) if length is not None else None, initial=offset, unit="B",
+                   unit_scale=True, unit_divisor=1024, desc=name[:40], disable=not show,
+                   file=sys.stderr, leave=False)
+        f = _open_part(part, "ab" if offset else "wb")
+        hasher = _BackgroundMD5()
+        received, done = 0, False
+        try:
+            if offset:  # the kept bytes are hashed once, never the whole file twice
+                with open(part, "rb") as old:
+                    for block in iter(lambda: old.read(CHUNK), b""):
+                        hasher.update(block)
+            resp.raw.enforce_content_length = False  # keep what arrived; a short body is checked below
+            with bar:
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    if received == 0 and offset == 0 and _looks_like_html(chunk):
+                        raise DownloadError(f"the server sent an HTML page instead of {url}; "
+                                            f"check GNCONVERT_BASE_URL or try again later")
+                    _write_all(f, chunk, part)
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            done = True
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+            raise _Retryable(f"transfer broke after {offset + received} bytes: {_one_line(e)}") from None
+        except DownloadError:
+            f.close()
+            _remove(part)
+            raise
+        finally:
+            f.close()
+            if not done:
+                hasher.abandon()
+        digest = hasher.hexdigest()
+        if length is not None and received < length:
+            raise _Retryable(f"connection closed after {offset + received} of {offset + length} bytes")
+    return digest
+
+
+def _content_range_start(resp: requests.Response) -> int:
+    m = re.match(r"bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
+    return int(m.group(1)) if m else -1
+
+
+class _BackgroundMD5:
+    """MD5 in a second thread: hashlib releases the GIL, so hashing overlaps the socket reads."""
+
+    def __init__(self):
+        self._md5 = hashlib.md5()
+        self._queue: "queue.Queue[Optional[bytes]]" = queue.Queue(maxsize=8)  # bounds memory
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while (block := self._queue.get()) is not None:
+            self._md5.update(block)
+
+    def update(self, block: bytes) -> None:
+        self._queue.put(block)
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._md5.hexdigest()
+
+    def abandon(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+# --- files, folders, locks --------------------------------------------------
+
+def _check_free_space(part: Path, length: Optional[int]) -> None:
+    if length is None:
+        return
+    free = shutil.disk_usage(part.parent).free
+    if free < length:
+        raise DownloadError(
+            f"not enough disk space in {part.parent}: {length / 2**20:.0f} MiB needed, "
+            f"{free / 2**20:.0f} MiB free; free some space or set GNCONVERT_CACHE to another folder"
+        )
+
+
+def _open_part(part: Path, mode: str):
+    try:
+        return open(part, mode, buffering=0)  # unbuffered: a failed write fails here, not at close
+    except OSError as e:
+        raise DownloadError(f"cannot write {part} ({e.strerror}); "
+                            f"set GNCONVERT_CACHE to a writable folder") from None
+
+
+def _write_all(f, chunk: bytes, part: Path) -> None:
+    """Write a whole chunk; a full disk becomes a clear error (the caller removes the .part)."""
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[f.write(view):]
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise DownloadError(
+                f"ran out of space writing {part} ({e.strerror}); nothing was kept: "
+                f"free some disk space or set GNCONVERT_CACHE to another folder"
+            ) from None
+        raise DownloadError(f"cannot write {part} ({e.strerror}); "
+                            f"set GNCONVERT_CACHE to a writable folder") from None
+
+
+def _make_dirs(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create the cache folder {folder} ({e.strerror}); "
+                            f"set GNCONVERT_CACHE to a writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DownloadError(f"the cache folder {folder} is not writable; "
+                            f"set GNCONVERT_CACHE to a writable folder")
+
+
+@contextmanager
+def _locked(final: Path, settings: Settings):
+    """One downloader per file across processes; the lock dies with its process (flock)."""
+    lock = filelock.FileLock(str(final) + ".lock")
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            log.warning("waiting for another gnconvert process downloading %s", final.name)
+            lock.acquire(timeout=settings.lock_timeout_s)
+    except filelock.Timeout:
+        raise DownloadError(f"gave up after {settings.lock_timeout_s:.0f}s waiting for another process "
+                            f"to finish downloading {final}; run again when it is done") from None
+    except OSError as e:
+        raise DownloadError(f"cannot lock {final}.lock ({e.strerror}); "
+                            f"set GNCONVERT_CACHE to a writable folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        raise DownloadError(f"cannot write {path} ({e.strerror}); "
+                            f"set GNCONVERT_CACHE to a writable folder") from None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
