@@ -1,0 +1,3 @@
+"""Detectron's test-time pipeline around the network: preprocessing, anchors,
+proposals, RoI pooling, box and mask post-processing, and the `Detector` that
+strings them together."""
