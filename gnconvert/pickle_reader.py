@@ -155,7 +155,9 @@ def _make_scalar(spec, data):
 
 class _BoundedReader:
     """The file as the C unpickler sees it; a read past the end is named with its offset
-    instead of allocating what a corrupt length field declares."""
+    instead of allocating what a corrupt length field declares.  It offers no `peek`,
+    so the unpickler reads exactly what it consumes and `tell()` locates a failure
+    (a Detectron file has a few opcodes per blob, so the extra calls cost nothing)."""
 
     def __init__(self, f, size: int):
         self._f = f
@@ -180,9 +182,6 @@ class _BoundedReader:
 
     def readline(self, limit=-1):
         return self._f.readline(limit)
-
-    def peek(self, n=1):
-        return self._f.peek(n)
 
     def tell(self):
         return self._f.tell()
@@ -218,17 +217,18 @@ class _SafeUnpickler(pickle.Unpickler):
         raise _Rejected("refusing a persistent id: a weights file has none")
 
 
-def _locate(path: str) -> str:
+def _locate(path: str, fallback: int) -> str:
     """Where a malformed stream first goes wrong, found by walking its opcodes
-    (slow, so only on the error path)."""
-    pos = 0
+    (slow, so only on the error path); the unpickler's own position otherwise."""
     try:
         with open(path, "rb") as f:
-            for op, _arg, pos in pickletools.genops(f):
+            for _ in pickletools.genops(_BoundedReader(f, os.fstat(f.fileno()).st_size)):
                 pass
-    except Exception as e:  # pickletools reports malformed opcodes as ValueError
-        return f"near byte offset {pos} ({e})"
-    return f"at or before byte offset {pos}"
+    except CheckpointError as e:  # a read past the end, with its offset
+        return str(e).split(": ", 1)[-1]
+    except Exception as e:  # pickletools: "at position N, opcode ... unknown" and the like
+        return str(e)
+    return f"at the opcode ending at byte offset {fallback}"
 
 
 def read_detectron_pickle(path) -> DetectronPickle:
@@ -247,13 +247,15 @@ def read_detectron_pickle(path) -> DetectronPickle:
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
         except _Rejected as e:
-            raise CheckpointError(f"unsafe or malformed pickle {path}: {e} (near byte offset {reader.tell()})") from None
+            raise CheckpointError(f"unsafe or malformed pickle {path}: {e} (the opcode ending at byte offset {reader.tell()})") from None
         except RecursionError:
             raise CheckpointError(f"malformed pickle {path}: nested too deeply") from None
         except MemoryError:
-            raise CheckpointError(f"malformed pickle {path}: declares more memory than is available") from None
+            raise CheckpointError(f"malformed pickle {path}: a value declares more memory than is available "
+                                  f"(the opcode ending at byte offset {reader.tell()})") from None
         except Exception as e:  # UnpicklingError, EOFError, ValueError, TypeError, ... from a bad stream
-            raise CheckpointError(f"malformed pickle {path} {_locate(path)}: {type(e).__name__}: {e}") from None
+            where = _locate(path, reader.tell())
+            raise CheckpointError(f"malformed pickle {path}: {where} ({type(e).__name__}: {e})") from None
         if f.read(1):
             raise CheckpointError(f"malformed pickle {path}: data after the end of the pickle at byte offset {f.tell() - 1}")
     return _interpret(path, obj)
