@@ -333,19 +333,18 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
                 with open(part, "rb") as old:
                     for block in iter(lambda: old.read(CHUNK), b""):
                         hasher.update(block)
-            resp.raw.enforce_content_length = False  # keep what arrived; a short body is checked below
             with bar:
-                for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                    if received == 0 and offset == 0 and _looks_like_html(chunk):
+                for block in _blocks(resp):
+                    if received == 0 and offset == 0 and _looks_like_html(block):
                         raise DownloadError(f"the server sent an HTML page instead of {url}; "
                                             f"check GNCONVERT_BASE_URL or try again later")
-                    _write_all(f, chunk, part)
-                    hasher.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
+                    _write_all(f, block, part)
+                    hasher.update(block)
+                    received += len(block)
+                    bar.update(len(block))
             done = True
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
-            raise _Retryable(f"transfer broke after {offset + received} bytes: {_one_line(e)}") from None
+        except _Retryable as e:
+            raise _Retryable(f"transfer broke after {offset + received} bytes: {e}") from None
         except DownloadError:
             f.close()
             _remove(part)
@@ -358,6 +357,26 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
         if length is not None and received < length:
             raise _Retryable(f"connection closed after {offset + received} of {offset + length} bytes")
     return digest
+
+
+def _blocks(resp: requests.Response) -> Iterator[bytearray]:
+    """The body in ~CHUNK blocks, losing nothing: bytes that arrived before a drop or a
+    timeout are yielded before the failure is raised (as _Retryable), so a resume starts
+    exactly where the data stopped."""
+    resp.raw.enforce_content_length = False  # a short body is the caller's to detect
+    block = bytearray()
+    try:
+        while data := resp.raw.read1(CHUNK, decode_content=False):
+            block += data
+            if len(block) >= CHUNK:
+                yield block
+                block = bytearray()  # the yielded one now belongs to the writer and the hasher
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        if block:
+            yield block
+        raise _Retryable(_one_line(e)) from None
+    if block:
+        yield block
 
 
 def _content_range_start(resp: requests.Response) -> int:

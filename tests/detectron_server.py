@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-FAULTS = ("drop", "status", "no_length", "ignore_range", "html", "corrupt", "throttle")
+FAULTS = ("drop", "status", "no_length", "ignore_range", "html", "corrupt", "throttle", "stall")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Fault:
     html:         answer 200 text/html with an error page instead of the file.
     corrupt:      the right length, but byte `at` flipped.
     throttle:     the right reply, sent in `chunk`-byte pieces with `delay` seconds between them.
+    stall:        send the headers and `after` body bytes, then go silent for `delay` seconds and close.
     """
 
     kind: str
@@ -159,6 +160,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(size - start))
         self.end_headers()
+        if fault and fault.kind == "stall":
+            with open(file, "rb") as f:
+                f.seek(start)
+                self._send(req, f.read(fault.after))
+            time.sleep(fault.delay)
+            self.close_connection = True
+            return
         if fault and fault.kind == "drop":
             with open(file, "rb") as f:
                 f.seek(start)

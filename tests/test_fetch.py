@@ -144,6 +144,21 @@ def test_connection_dropped_mid_body_resumes_with_range(gnconvert_env, detectron
     assert second.body_bytes == len(PAYLOAD) - 1_500_000
 
 
+def test_stalled_transfer_times_out_and_resumes(gnconvert_env, detectron_server, published, monkeypatch):
+    monkeypatch.setenv("GNCONVERT_TIMEOUT", "0.3")
+    rel = published["model"]
+    detectron_server.fail(rel, "stall", after=500_000, delay=2.0)
+    assert download.fetch(MODEL_ID)["model"].read_bytes() == PAYLOAD
+    first, second = detectron_server.requests_for(rel)
+    assert second.range == "bytes=500000-"
+
+
+def test_progress_bar_shows_size_and_rate(gnconvert_env, published, capsys):
+    download.fetch(MODEL_ID, progress=True)
+    err = capsys.readouterr().err
+    assert "model_final.pkl" in err and "3.01M" in err and "B/s" in err
+
+
 def test_server_error_then_success(gnconvert_env, detectron_server, published):
     rel = published["model"]
     detectron_server.fail(rel, "status", times=2, code=500)
