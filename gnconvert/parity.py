@@ -1,0 +1,263 @@
+"""Is a port's output Detectron's?  Matching, per-stage comparison, a report, a verdict.
+
+The criteria are the golden README's "how close is close": at least 99% of
+Detectron's detections matched by one of ours with the same class, box IoU >= 0.99
+and |score difference| <= 1e-3; no more than 1% of ours unmatched; mask IoU
+>= 0.97 for every matched pair.  Intermediates before any decision (the input
+blob, the FPN maps) must agree within float32 noise; after a decision (top-k,
+NMS) a near-tie may legitimately reorder or swap members, so proposal and RoI
+sets are compared by matching boxes, and per-RoI outputs on the matched RoIs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+from .detections import Detections
+
+MIN_MATCHED = 0.99
+MAX_EXTRA = 0.01
+BOX_IOU = 0.99
+SCORE_TOL = 1e-3
+MASK_IOU = 0.97
+MAP_REL_TOL = 1e-3  # float32 noise on a feature map, relative to its largest magnitude
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) IoU with Detectron's "+1" sides, so sub-pixel and zero-width boxes
+    (which these seeded models produce) still compare; sides below zero count as 0."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    wa = np.clip(a[:, 2] - a[:, 0] + 1, 0, None)
+    ha = np.clip(a[:, 3] - a[:, 1] + 1, 0, None)
+    wb = np.clip(b[:, 2] - b[:, 0] + 1, 0, None)
+    hb = np.clip(b[:, 3] - b[:, 1] + 1, 0, None)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1, 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1, 0, None)
+    inter = iw * ih
+    union = (wa * ha)[:, None] + (wb * hb)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    # identical degenerate boxes (no "+1" area at all) still match each other
+    same = np.all(np.abs(a[:, None, :] - b[None, :, :]) <= 1e-3, axis=2)
+    return np.where(same, 1.0, iou)
+
+
+def _rle_bytes(rle: dict) -> dict:
+    c = rle["counts"]
+    return dict(rle, counts=c.encode("ascii") if isinstance(c, str) else c)
+
+
+def mask_iou(a: dict, b: dict) -> float:
+    """IoU of two RLEs; two empty masks agree (1.0)."""
+    ra, rb = _rle_bytes(a), _rle_bytes(b)
+    union = mask_util.area(mask_util.merge([ra, rb], intersect=False))
+    if union == 0:
+        return 1.0
+    return float(mask_util.iou([ra], [rb], [0])[0, 0])
+
+
+@dataclass
+class DetectionMatch:
+    pairs: List[Tuple[int, int]]  # (reference index, our index)
+    num_reference: int
+    num_ours: int
+    worst_box_iou: float = 1.0
+    worst_score_diff: float = 0.0
+    worst_mask_iou: Optional[float] = None
+
+    @property
+    def matched_fraction(self) -> float:
+        return len(self.pairs) / self.num_reference if self.num_reference else 1.0
+
+    @property
+    def extra(self) -> int:
+        return self.num_ours - len(self.pairs)
+
+    @property
+    def extra_fraction(self) -> float:
+        return self.extra / max(self.num_reference, 1) if self.num_ours else 0.0
+
+    @property
+    def passed(self) -> bool:
+        masks_ok = self.worst_mask_iou is None or self.worst_mask_iou >= MASK_IOU
+        return self.matched_fraction >= MIN_MATCHED and self.extra_fraction <= MAX_EXTRA and masks_ok
+
+
+def match_detections(reference: Detections, ours: Detections, masks: bool = True) -> DetectionMatch:
+    """Greedy one-to-one matching, best box IoU first, under the README's criteria."""
+    nr, no = len(reference), len(ours)
+    result = DetectionMatch(pairs=[], num_reference=nr, num_ours=no)
+    if nr == 0 or no == 0:
+        return result
+    iou = box_iou(reference.boxes, ours.boxes)
+    ok = (
+        (reference.classes[:, None] == ours.classes[None, :])
+        & (iou >= BOX_IOU)
+        & (np.abs(reference.scores[:, None].astype(np.float64) - ours.scores[None, :]) <= SCORE_TOL)
+    )
+    cand = np.argwhere(ok)
+    # best IoU, then closest score first; ties by reference order
+    key = [(-iou[i, j], abs(float(reference.scores[i]) - float(ours.scores[j])), i, j) for i, j in cand]
+    used_r, used_o = set(), set()
+    for _, _, i, j in sorted(key):
+        if i in used_r or j in used_o:
+            continue
+        used_r.add(i)
+        used_o.add(j)
+        result.pairs.append((int(i), int(j)))
+    result.pairs.sort()
+    if result.pairs:
+        result.worst_box_iou = float(min(iou[i, j] for i, j in result.pairs))
+        result.worst_score_diff = float(
+            max(abs(float(reference.scores[i]) - float(ours.scores[j])) for i, j in result.pairs)
+        )
+        if masks and reference.masks_rle and ours.masks_rle:
+            result.worst_mask_iou = min(mask_iou(reference.masks_rle[i], ours.masks_rle[j]) for i, j in result.pairs)
+    return result
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass
+class StageResult:
+    name: str
+    passed: bool
+    detail: str
+    decision: bool = False  # a top-k/NMS decision sits before it: reported, not judged by exact values
+
+
+def _rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    err = float(np.abs(ours.astype(np.float64) - ref).max()) if ref.size else 0.0
+    return err / scale if scale > 0 else err
+
+
+def _compare_map(name: str, ours, ref, tol: float = MAP_REL_TOL) -> StageResult:
+    if ours is None:
+        return StageResult(name, False, "missing from our run")
+    if ours.shape != ref.shape:
+        return StageResult(name, False, f"shape {ours.shape} != reference {ref.shape}")
+    if ours.dtype.kind in "iu":
+        same = bool(np.array_equal(ours, ref))
+        return StageResult(name, same, "identical" if same else f"{ours.tolist()} != {ref.tolist()}")
+    rel = _rel_error(ours, ref)
+    return StageResult(name, rel <= tol, f"max error {rel:.2e} of max |value| (tol {tol:.0e})")
+
+
+def _match_boxes(ours: np.ndarray, ref: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """For each reference box the index of our best-IoU box (-1 when IoU < BOX_IOU), one-to-one."""
+    if len(ref) == 0 or len(ours) == 0:
+        return np.full(len(ref), -1), np.zeros(len(ref))
+    iou = box_iou(ref, ours)
+    best = np.full(len(ref), -1)
+    best_iou = np.zeros(len(ref))
+    taken = np.zeros(len(ours), bool)
+    for i in range(len(ref)):
+        row = np.where(taken, -1.0, iou[i])
+        j = int(np.argmax(row))
+        if row[j] >= BOX_IOU:
+            best[i], best_iou[i] = j, row[j]
+            taken[j] = True
+    return best, best_iou
+
+
+def _compare_box_set(name: str, ours, ref) -> StageResult:
+    if ours is None:
+        return StageResult(name, False, "missing from our run", decision=True)
+    best, _ = _match_boxes(ours[:, 1:5], ref[:, 1:5])
+    frac = float((best >= 0).mean()) if len(ref) else 1.0
+    return StageResult(
+        name, frac >= MIN_MATCHED, f"{len(ours)} vs {len(ref)} boxes, {100 * frac:.2f}% of reference matched (IoU >= {BOX_IOU})",
+        decision=True,
+    )
+
+
+def compare_stages(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> List[StageResult]:
+    """Per-stage comparison of intermediates named as in the golden npz files."""
+    out: List[StageResult] = []
+    for key in ("im_info", "data_shape", "data_crop"):
+        if key in ref:
+            out.append(_compare_map(key, ours.get(key), ref[key]))
+    levels = sorted({int(k[1]) for k in ref if k.startswith("p") and k.endswith("_shape")})
+    for k in levels:
+        for part in ("shape", "channel_mean", "crop"):
+            key = f"p{k}_{part}"
+            out.append(_compare_map(key, ours.get(key), ref[key]))
+    rpn_levels = sorted(int(k[len("rpn_rois_fpn"):]) for k in ref if k.startswith("rpn_rois_fpn"))
+    for k in rpn_levels:
+        out.append(_compare_box_set(f"rpn_rois_fpn{k}", ours.get(f"rpn_rois_fpn{k}"), ref[f"rpn_rois_fpn{k}"]))
+    if "rois" in ref:
+        out.append(_compare_box_set("rois", ours.get("rois"), ref["rois"]))
+        if "rois" in ours:
+            best, _ = _match_boxes(ours["rois"][:, 1:5], ref["rois"][:, 1:5])
+            hit = best >= 0
+            for key in ("cls_prob", "bbox_pred"):
+                if key in ref and key in ours and hit.any():
+                    rel = _rel_error(ours[key][best[hit]], ref[key][hit])
+                    out.append(StageResult(key, rel <= 1e-2, f"on {int(hit.sum())} matched RoIs: max error {rel:.2e} of max |value|", decision=True))
+    return out
+
+
+def compare_masks(ours_probs: np.ndarray, ref_probs: np.ndarray, match: DetectionMatch) -> Optional[StageResult]:
+    if ours_probs is None or not match.pairs:
+        return None
+    r = np.array([i for i, _ in match.pairs])
+    o = np.array([j for _, j in match.pairs])
+    err = float(np.abs(ours_probs[o].astype(np.float64) - ref_probs[r]).max())
+    return StageResult("mask_probs", err <= 1e-2, f"on {len(r)} matched detections: max abs error {err:.2e}", decision=True)
+
+
+# --------------------------------------------------------------------------- report
+@dataclass
+class ParityReport:
+    tag: str
+    image: str
+    match: DetectionMatch
+    stages: List[StageResult] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    reference_seconds: Optional[float] = None
+
+    @property
+    def passed(self) -> bool:
+        # detections decide; a pre-decision stage out of float noise fails too
+        return self.match.passed and all(s.passed for s in self.stages if not s.decision)
+
+    def format(self) -> str:
+        m = self.match
+        lines = [f"== {self.tag} / {self.image}: {'PASS' if self.passed else 'FAIL'}"]
+        lines.append(
+            f"  detections: {len(m.pairs)}/{m.num_reference} of Detectron's matched ({100 * m.matched_fraction:.1f}%, need >= {100 * MIN_MATCHED:.0f}%), "
+            f"{m.extra} extra of {m.num_ours} ({100 * m.extra_fraction:.1f}%, max {100 * MAX_EXTRA:.0f}%)"
+        )
+        mask = "n/a" if m.worst_mask_iou is None else f"{m.worst_mask_iou:.4f}"
+        lines.append(
+            f"  worst matched: box IoU {m.worst_box_iou:.5f} (>= {BOX_IOU}), score diff {m.worst_score_diff:.2e} (<= {SCORE_TOL:.0e}), mask IoU {mask} (>= {MASK_IOU})"
+        )
+        for s in self.stages:
+            flag = "ok " if s.passed else ("~  " if s.decision else "BAD")
+            lines.append(f"  [{flag}] {s.name:22s} {s.detail}")
+        if self.timings:
+            total = sum(self.timings.values())
+            parts = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+            ref = f" (Detectron CPU {self.reference_seconds:.1f}s)" if self.reference_seconds else ""
+            lines.append(f"  time: {total:.2f}s{ref}: {parts}")
+        return "\n".join(lines)
+
+
+def compare(reference, ours: Detections, intermediates: Optional[Dict[str, np.ndarray]] = None) -> ParityReport:
+    """Full report for one image: `reference` is a `golden_format.GoldenImage`."""
+    match = match_detections(reference.detections, ours)
+    report = ParityReport(
+        tag=reference.tag, image=reference.image, match=match, timings=dict(ours.timings),
+        reference_seconds=reference.detectron_cpu_seconds,
+    )
+    if intermediates is not None and reference.intermediates:
+        report.stages = compare_stages(intermediates, reference.intermediates)
+        if "mask_probs" in reference.intermediates:
+            s = compare_masks(intermediates.get("mask_probs"), reference.intermediates["mask_probs"], match)
+            if s is not None:
+                report.stages.append(s)
+    return report
