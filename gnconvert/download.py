@@ -212,16 +212,15 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _with_retries(what: str, url: str, settings: Settings, attempt_fn):
+def _with_retries(url: str, settings: Settings, attempt_fn):
+    """Run attempt_fn, retrying transient failures with exponential backoff, a bounded number of times."""
     for attempt in range(settings.retries + 1):
         try:
             return attempt_fn()
         except _Retryable as e:
             if attempt == settings.retries:
-                raise DownloadError(
-                    f"could not download {url} after {attempt + 1} attempts ({e}); "
-                    f"check the network or GNCONVERT_BASE_URL and run again{what}"
-                ) from None
+                raise DownloadError(f"could not download {url} after {attempt + 1} attempts ({e}); "
+                                    f"check the network or GNCONVERT_BASE_URL and run again") from None
             delay = settings.backoff_s * 2 ** attempt
             log.warning("%s: %s; retrying in %.1fs", url, e, delay)
             time.sleep(delay)
@@ -258,16 +257,21 @@ def _fetch_md5(session: requests.Session, url: str, settings: Settings) -> str:
                 raise _Retryable(_one_line(e)) from None
         return _parse_md5(text, md5_url)
 
-    return _with_retries("", md5_url, settings, attempt)
+    return _with_retries(md5_url, settings, attempt)
 
 
 def _download_verified(session, url, final: Path, expected: str, settings: Settings, show: bool) -> None:
     part = _part(final)
     for fresh_try in (False, True):
         resumed = part.is_file() and part.stat().st_size > 0
-        keep = f"; the partial download is kept at {part} and will resume"
-        got = _with_retries(keep, url, settings,
-                            lambda: _download_once(session, url, part, settings, show))
+        try:
+            got = _with_retries(url, settings, lambda: _download_once(session, url, part, settings, show))
+        except DownloadError as e:
+            kept = part.stat().st_size if part.is_file() else 0
+            if kept:
+                raise DownloadError(f"{e}; the {kept} bytes received are kept in {part} "
+                                    f"and the next run will resume from there") from None
+            raise
         if got == expected:
             _write_atomic(_md5_sidecar(final), expected + "\n")
             os.replace(part, final)
