@@ -157,15 +157,26 @@ def _main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--swap", help="two contiguous class indices to exchange, e.g. 61,1")
+    p.add_argument("--expect-box-ap", type=float)
+    p.add_argument("--expect-mask-ap", type=float)
+    p.add_argument("--tolerance", type=float, default=0.1)
     args = p.parse_args(argv)
+    from gnconvert.evaluation.distributed import init_from_env
+
+    swap = tuple(int(v) for v in args.swap.split(",")) if args.swap else None
+    published = {"box_ap": args.expect_box_ap, "mask_ap": args.expect_mask_ap} if args.expect_box_ap else None
+    dist = init_from_env("cpu")
     try:
-        run_verify(GoldenPredictor(args.golden, args.tag, delay=args.delay),
+        run_verify(GoldenPredictor(args.golden, args.tag, swap=swap, delay=args.delay),
                    find_layout(coco_root=args.coco_root), args.output, source=f"golden:{args.tag}",
-                   limit=args.limit, batch_size=args.batch_size, workers=args.workers, resume=args.resume,
-                   progress=False)
+                   published=published, tolerance=args.tolerance, limit=args.limit, batch_size=args.batch_size,
+                   workers=args.workers, resume=args.resume, progress=False, dist=dist)
     except GnconvertError as e:
         print(f"gnconvert: error: {e}", file=sys.stderr)
         return e.exit_code
+    finally:
+        dist.close()
     return 0
 
 

@@ -1,0 +1,108 @@
+"""`gnconvert verify SOURCE`: COCO box and mask AP, checked against the published numbers."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..errors import GnconvertError, UsageError
+
+
+def _catalog_entry(source: str):
+    """The catalog entry when SOURCE is a model id; None for a path."""
+    from .. import catalog
+
+    if Path(source).exists() or source not in catalog.load_catalog():
+        return None
+    entry = catalog.get(source)
+    if entry.kind != "mask_rcnn":
+        raise UsageError(f"model {entry.id} ({entry.title}) is an ImageNet classifier; "
+                         "verify evaluates Mask R-CNN models on COCO")
+    return entry
+
+
+def _model_loader(source: str, device: str):
+    """Load the model only when the data checks have passed (bad input fails in seconds)."""
+    def load():
+        try:
+            from .. import load as load_detector
+        except ImportError:
+            raise GnconvertError("this gnconvert build has no model loader (gnconvert.load); "
+                                 "reinstall gnconvert") from None
+        return load_detector(source, device)
+    return load
+
+
+def _default_output(source: str) -> Path:
+    return Path("verify-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem or source))
+
+
+@click.command("verify")
+@click.argument("source")
+@click.option("--coco-root", type=click.Path(path_type=Path),
+              help="Folder holding annotations/instances_minival2014.json + val2014/ "
+                   "(or annotations/instances_val2017.json + val2017/).")
+@click.option("--annotations", type=click.Path(path_type=Path), help="The instances_*.json file itself.")
+@click.option("--images", type=click.Path(path_type=Path), help="The image folder itself.")
+@click.option("--limit", type=int, help="Evaluate only the first N images (by image id).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--batch-size", type=int, default=1, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding DataLoader workers.")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Where results, report and partial results go (default ./verify-SOURCE).")
+@click.option("--tolerance", type=float, default=0.1, show_default=True,
+              help="Largest |measured - published| AP that still passes.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its partial results.")
+@click.option("--reference-results", is_flag=True,
+              help="Also evaluate Detectron's own published detections and compare image by image.")
+@click.option("--evaluator", type=click.Choice(["pycocotools", "faster-coco-eval"]), default="pycocotools",
+              show_default=True)
+@click.option("--expect-box-ap", type=float, help="Box AP to check against instead of the catalog's.")
+@click.option("--expect-mask-ap", type=float, help="Mask AP to check against instead of the catalog's.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def command(source: str, coco_root: Optional[Path], annotations: Optional[Path], images: Optional[Path],
+            limit: Optional[int], device: Optional[str], batch_size: int, workers: int, output: Optional[Path],
+            tolerance: float, resume: bool, reference_results: bool, evaluator: str,
+            expect_box_ap: Optional[float], expect_mask_ap: Optional[float], progress: bool) -> None:
+    """Evaluate SOURCE (a model id from `gnconvert list`, or a checkpoint path) on COCO minival.
+
+    Prints published vs measured box and mask AP with PASS/FAIL within --tolerance and
+    exits non-zero on FAIL; writes Detectron-format results JSON and report.json.
+    Many GPUs: torchrun --nproc_per_node K -m gnconvert verify ...
+    """
+    from ..evaluation import find_layout, run_verify
+    from ..evaluation.distributed import device_for_rank, init_from_env
+
+    if tolerance < 0:
+        raise UsageError(f"--tolerance {tolerance} must be >= 0")
+    layout = find_layout(coco_root=coco_root, annotations=annotations, images=images)
+    entry = _catalog_entry(source)
+    published = dict(entry.published) if entry else {}
+    if expect_box_ap is not None:
+        published["box_ap"] = expect_box_ap
+    if expect_mask_ap is not None:
+        published["mask_ap"] = expect_mask_ap
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    dist = init_from_env(device)
+    try:
+        reference = None
+        if reference_results:
+            if entry is None:
+                raise UsageError(f"--reference-results needs a catalog model id, and {source} is not one")
+            if dist.is_main:
+                from .. import download
+
+                reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
+                             "segm": download.fetch(entry.id, "masks")["masks"]}
+        run_verify(_model_loader(source, device_for_rank(device, dist)), layout,
+                   output or _default_output(source), source=source, published=published or None,
+                   tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
+                   evaluator=evaluator, reference=reference, progress=progress, dist=dist, echo=click.echo)
+    finally:
+        dist.close()
