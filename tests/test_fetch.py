@@ -349,7 +349,7 @@ def test_disk_full_leaves_nothing(gnconvert_env, detectron_server, published):
 
 def test_two_processes_fetching_the_same_id(gnconvert_env, detectron_server, published):
     rel = published["model"]
-    detectron_server.fail(rel, "throttle", times=2, chunk=256 * 1024, delay=0.05)  # ~0.7 s per transfer
+    detectron_server.fail(rel, "throttle", times=2, chunk=256 * 1024, delay=0.15)  # ~2 s per transfer
     procs = [subprocess.Popen([sys.executable, "-m", "gnconvert", "fetch", MODEL_ID],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
