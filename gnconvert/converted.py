@@ -1,0 +1,153 @@
+"""The converted checkpoint: one self-describing `.safetensors` file.
+
+Weights under our PyTorch parameter names, and in the safetensors metadata
+header one JSON document with everything needed to use them later without the
+`.pkl`: the Architecture record (which drives the model builder and the test
+settings), provenance (model id, source path and MD5, gnconvert version), the
+blobs the mapping dropped and why, and Detectron's original cfg text.
+safetensors holds only raw tensors, so loading one executes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from . import __version__
+from .architecture import Architecture
+from .errors import CheckpointError, MappingError
+
+FORMAT = "gnconvert-converted"
+FORMAT_VERSION = 1
+_META_KEY = "gnconvert"
+
+
+@dataclass
+class ConvertedCheckpoint:
+    """Weights plus the record that says what they are and where they came from."""
+
+    state_dict: Dict[str, np.ndarray]
+    arch: Architecture
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    dropped: Dict[str, str] = field(default_factory=dict)  # Detectron blob -> why no parameter took it
+    cfg_text: Optional[str] = None
+
+    def torch_state_dict(self) -> Dict[str, Any]:
+        """The weights as torch tensors (writable copies), ready for `load_state_dict`."""
+        import torch
+
+        return {k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in self.state_dict.items()}
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(v.size for v in self.state_dict.values()))
+
+
+def _as_float32(name: str, value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        raise CheckpointError(f"parameter {name} is a {type(value).__name__}, not a float array")
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def _check_against_arch(state: Mapping[str, np.ndarray], arch: Architecture, where: str) -> None:
+    """The weights must be exactly the architecture's parameters, with its shapes."""
+    from .name_mapping import mapping_rules
+
+    expected = {r.param: r.shape for r in mapping_rules(arch)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(f"{k} {tuple(state[k].shape)} != {expected[k]}"
+                       for k in set(state) & set(expected) if tuple(state[k].shape) != expected[k])
+    problems = [f"{len(v)} {what}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                for what, v in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if v]
+    if problems:
+        raise MappingError(f"{where}: weights do not match the architecture record: {'; '.join(problems)}")
+
+
+def save_converted(path, state_dict: Mapping[str, Any], arch: Architecture, provenance: Mapping[str, Any],
+                   dropped: Mapping[str, str], cfg_text: Optional[str]) -> None:
+    """Write the converted checkpoint atomically (temp file in the same folder, then rename)."""
+    from safetensors.numpy import save_file
+
+    path = os.fspath(path)
+    tensors = {name: _as_float32(name, value) for name, value in state_dict.items()}
+    _check_against_arch(tensors, arch, f"refusing to write {path}")
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": arch.to_dict(),
+        "provenance": {"gnconvert_version": __version__, **dict(provenance)},
+        "dropped": dict(sorted(dropped.items())),
+        "cfg_text": cfg_text,
+    }
+    metadata = {"format": FORMAT, _META_KEY: json.dumps(record, sort_keys=False)}
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror}; check the output folder") from None
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
+        raise
+
+
+def is_converted_file(path) -> bool:
+    """True for a safetensors file (an 8-byte header length, then a JSON object)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (100 << 20)
+
+
+def load_converted(path) -> ConvertedCheckpoint:
+    """Read a converted checkpoint back; its weights are checked against its own record."""
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"converted checkpoint {path} not found; create it with `gnconvert convert`")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            record = _record(path, metadata)
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); convert the model again") from None
+    try:
+        arch = Architecture.from_dict(record["architecture"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: architecture record is invalid ({e}); convert the model again") from None
+    _check_against_arch(state, arch, path)
+    return ConvertedCheckpoint(state_dict=state, arch=arch, provenance=dict(record.get("provenance", {})),
+                               dropped=dict(record.get("dropped", {})), cfg_text=record.get("cfg_text"))
+
+
+def _record(path: str, metadata: Mapping[str, str]) -> Dict[str, Any]:
+    if metadata.get("format") != FORMAT or _META_KEY not in metadata:
+        raise CheckpointError(f"{path} is a safetensors file but not a gnconvert converted checkpoint "
+                              f"(no '{_META_KEY}' metadata); convert the Detectron .pkl with `gnconvert convert`")
+    try:
+        record = json.loads(metadata[_META_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({e}); convert the model again") from None
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path}: metadata has no format version; convert the model again")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was written in format {version} by a newer gnconvert "
+                              f"(this one reads up to {FORMAT_VERSION}); upgrade gnconvert")
+    return record
