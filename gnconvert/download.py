@@ -150,8 +150,9 @@ def fetch_file(rel: str, force: bool = False, progress: Optional[bool] = None) -
         if not force and final.is_file() and _md5_file(final) == expected:
             _write_atomic(_md5_sidecar(final), expected + "\n")  # e.g. a file copied in by hand
             return final
-        _remove(final)  # corrupt or forced: never leave a stale file under the final name
-        _remove(_md5_sidecar(final))
+        if not force:  # corrupt: never leave it under the final name, even if the download fails
+            _remove(final)
+            _remove(_md5_sidecar(final))
         _download_verified(session, url, final, expected, settings, show)
     return final
 

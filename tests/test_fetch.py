@@ -78,10 +78,27 @@ def test_corrupted_cache_is_detected_and_replaced(gnconvert_env, detectron_serve
     assert len(detectron_server.requests_for(published["model"])) == 2
 
 
+def test_corrupted_cache_is_removed_even_if_the_download_fails(gnconvert_env, detectron_server, published):
+    path = download.fetch(MODEL_ID)["model"]
+    path.write_bytes(PAYLOAD[:-1])
+    detectron_server.fail(published["model"], "status", code=403)
+    with pytest.raises(DownloadError, match="HTTP 403"):
+        download.fetch(MODEL_ID)
+    assert not path.exists() and finals(gnconvert_env) == []
+
+
 def test_force_downloads_again(gnconvert_env, detectron_server, published):
     download.fetch(MODEL_ID)
     assert download.fetch(MODEL_ID, force=True)["model"].read_bytes() == PAYLOAD
     assert len(detectron_server.requests_for(published["model"])) == 2
+
+
+def test_failed_forced_download_keeps_the_good_copy(gnconvert_env, detectron_server, published):
+    path = download.fetch(MODEL_ID)["model"]
+    detectron_server.fail(published["model"], "status", code=404)
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download.fetch(MODEL_ID, force=True)
+    assert download.cached_path(MODEL_ID, "model") == path and path.read_bytes() == PAYLOAD
 
 
 def test_file_placed_by_hand_is_adopted_after_checking_the_server_md5(gnconvert_env, detectron_server,
