@@ -1,0 +1,48 @@
+"""Detectron's FPN (modeling/FPN.py) on top of res2..res5.
+
+Top-down: P5's inner map is a 1x1 lateral of res5; each finer inner map is its
+1x1 lateral (normalised first, with GN) plus the coarser inner map upsampled x2
+by nearest neighbour.  A 3x3 conv on each inner map gives P2..P5, and P6 is P5
+subsampled by 2 (Detectron's 1x1 max-pool of stride 2).  No ReLU anywhere.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..architecture import Architecture
+from .norm import ConvNorm
+
+STAGE_CHANNELS = {2: 256, 3: 512, 4: 1024, 5: 2048}
+
+
+def upsample_nearest_2x(x: Tensor) -> Tensor:
+    """Output pixel (y, x) = input pixel (y // 2, x // 2), like Caffe2's UpsampleNearest."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class FPN(nn.Module):
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        kw = dict(norm=arch.fpn_norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
+        dim = arch.fpn_dim
+        self.lateral2 = ConvNorm(STAGE_CHANNELS[2], dim, 1, **kw)
+        self.lateral3 = ConvNorm(STAGE_CHANNELS[3], dim, 1, **kw)
+        self.lateral4 = ConvNorm(STAGE_CHANNELS[4], dim, 1, **kw)
+        self.lateral5 = ConvNorm(STAGE_CHANNELS[5], dim, 1, **kw)
+        self.output2 = ConvNorm(dim, dim, 3, **kw)
+        self.output3 = ConvNorm(dim, dim, 3, **kw)
+        self.output4 = ConvNorm(dim, dim, 3, **kw)
+        self.output5 = ConvNorm(dim, dim, 3, **kw)
+
+    def forward(self, feats: List[Tensor]) -> List[Tensor]:
+        """[res2, res3, res4, res5] -> [P2, P3, P4, P5, P6]."""
+        inner5 = self.lateral5(feats[3])
+        inner4 = self.lateral4(feats[2], upsample_nearest_2x(inner5))
+        inner3 = self.lateral3(feats[1], upsample_nearest_2x(inner4))
+        inner2 = self.lateral2(feats[0], upsample_nearest_2x(inner3))
+        p5 = self.output5(inner5)
+        p6 = p5[:, :, ::2, ::2]
+        return [self.output2(inner2), self.output3(inner3), self.output4(inner4), p5, p6]
