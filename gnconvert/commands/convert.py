@@ -1,0 +1,31 @@
+"""`gnconvert convert SOURCE -o OUT`: a self-describing converted checkpoint."""
+from __future__ import annotations
+
+from collections import Counter
+
+import click
+
+
+@click.command("convert")
+@click.argument("source")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the converted .safetensors file.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
+def command(source: str, output: str, config_path) -> None:
+    """Convert SOURCE (a model id, a Detectron .pkl, or a converted file) to OUT.
+
+    OUT holds the weights under PyTorch names plus the architecture and test
+    settings, provenance (model id, source MD5) and the dropped-blob list, so it
+    loads later without the .pkl.  Written atomically: a failure leaves no OUT.
+    """
+    from ..converted import save_converted
+    from ..name_mapping import describe
+    from ..sources import load_source
+
+    ckpt = load_source(source, config_path=config_path)
+    save_converted(output, ckpt.state_dict, ckpt.arch, ckpt.provenance, ckpt.dropped, ckpt.cfg_text)
+    kinds = Counter("momentum" if r.startswith("optimizer momentum") else n for n, r in ckpt.dropped.items())
+    dropped = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(kinds.items())) or "none"
+    click.echo(f"wrote {output}: {describe(ckpt.arch)}, {ckpt.num_parameters:,} parameters in "
+               f"{len(ckpt.state_dict)} tensors; dropped {len(ckpt.dropped)} blobs ({dropped})")
