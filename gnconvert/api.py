@@ -1,0 +1,54 @@
+"""`gnconvert.load`: from whatever the user has to a ready model.
+
+SOURCE may be a catalog model id, a Detectron `.pkl`, or a converted
+`.safetensors`; the architecture record inside decides what gets built.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .converted import ConvertedCheckpoint
+from .errors import UsageError
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """'auto' (or None) picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device} asked for, but this PyTorch sees no CUDA GPU; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {device} is not supported; use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def build_model(ckpt: ConvertedCheckpoint, device: Union[str, torch.device, None] = "cpu"):
+    """A `Detector` (Mask R-CNN) or a `ResNetClassifier` (ImageNet backbone) with the checkpoint's weights,
+    in eval mode on `device`."""
+    from .inference.detector import Detector
+    from .model import build_network
+
+    dev = resolve_device(device)
+    network = build_network(ckpt.arch)
+    network.load_state_dict(ckpt.torch_state_dict(), strict=True)
+    model = network if ckpt.arch.kind == "classifier" else Detector(network, ckpt.arch)
+    model.provenance = dict(ckpt.provenance)
+    return model.eval().to(dev)
+
+
+def load(source, device: Union[str, torch.device, None] = "cpu", config: Optional[str] = None):
+    """A ready model for SOURCE (model id, Detectron `.pkl`, or converted `.safetensors`).
+
+    >>> model = gnconvert.load("48616381", device="cuda")
+    >>> dets = model.predict(cv2.imread("image.jpg"))   # gnconvert.Detections
+    """
+    from .sources import load_source
+
+    dev = resolve_device(device)  # fail before a long download or conversion
+    return build_model(load_source(source, config_path=config), dev)
