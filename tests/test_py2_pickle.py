@@ -83,3 +83,12 @@ def test_rejects_unwritable_values_and_leaves_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="bare"):
         write_detectron_pickle(tmp_path / "x.pkl", {"a": np.zeros(1)}, cfg_text="x", layout="bare")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("n,setitems,setitem", [(1, 0, 1), (1000, 1, 0), (1001, 1, 1), (2001, 2, 1)])
+def test_cpickle_batching(n, setitems, setitem):
+    # cPickle writes dict items in MARK ... SETITEMS batches of 1000; a batch of one is a bare SETITEM
+    blobs = {f"b{i}": np.zeros(1, np.float32) for i in range(n)}
+    names = [op.name for op, _, _ in pickletools.genops(dumps_detectron_pickle(blobs, layout="bare"))]
+    assert (names.count("SETITEMS"), names.count("SETITEM")) == (setitems, setitem)
+    assert list(pickle.loads(dumps_detectron_pickle(blobs, layout="bare"), encoding="latin1")) == list(blobs)
