@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from .converted import ConvertedCheckpoint, is_converted_file, load_converted
 from .errors import UsageError
@@ -24,8 +24,8 @@ def file_md5(path) -> str:
     return digest.hexdigest()
 
 
-def convert_detectron_pickle(path, config_path: Optional[str] = None,
-                             model_id: Optional[str] = None) -> ConvertedCheckpoint:
+def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: Optional[str] = None,
+                             source_md5: Optional[str] = None) -> ConvertedCheckpoint:
     """Read a Detectron `.pkl`, work out its architecture, map every blob."""
     from .architecture import architecture_from_checkpoint
     from .detectron_cfg import parse_detectron_cfg
@@ -43,7 +43,7 @@ def convert_detectron_pickle(path, config_path: Optional[str] = None,
     provenance = {
         "model_id": model_id,
         "source_path": os.path.abspath(path),
-        "source_md5": file_md5(path),
+        "source_md5": source_md5 or file_md5(path),
         "source_format": "detectron-pkl",
         "pickle_layout": pickle.layout,
         "blob_count": len(pickle.blobs),
@@ -57,11 +57,18 @@ def _looks_like_path(source: str) -> bool:
     return os.sep in source or "/" in source or source.lower().endswith(_PATH_SUFFIXES)
 
 
-def model_pickle_path(model_id: str, progress: Optional[bool] = None) -> str:
-    """The cached `.pkl` of a catalog model, fetched (and MD5-checked) if absent."""
+def model_pickle_path(model_id: str, progress: Optional[bool] = None) -> Tuple[str, Optional[str]]:
+    """The cached `.pkl` of a catalog model, fetched if absent, and the MD5 it was just
+    verified against (the cache's `<file>.md5sum`), so it need not be hashed again."""
     from . import download
 
-    return os.fspath(download.fetch(model_id, "model", progress=progress)["model"])
+    path = os.fspath(download.fetch(model_id, "model", progress=progress)["model"])
+    try:
+        with open(path + ".md5sum") as f:
+            md5 = f.read().split()[0].lower()
+    except (OSError, IndexError):
+        md5 = None
+    return path, md5
 
 
 def load_source(source: str, config_path: Optional[str] = None,
@@ -79,5 +86,5 @@ def load_source(source: str, config_path: Optional[str] = None,
     if _looks_like_path(source):
         raise UsageError(f"no such file: {source}; pass a Detectron .pkl, a converted .safetensors "
                          "or a model id from `gnconvert list`")
-    path = model_pickle_path(source, progress=progress)
-    return convert_detectron_pickle(path, config_path=config_path, model_id=source)
+    path, md5 = model_pickle_path(source, progress=progress)
+    return convert_detectron_pickle(path, config_path=config_path, model_id=source, source_md5=md5)
