@@ -79,6 +79,27 @@ def test_functional_group_norm_without_affine():
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("relu,with_residual", [(False, False), (True, True)])
+def test_fused_kernel_wiring_gives_the_same_result(monkeypatch, relu, with_residual):
+    """Where the fused kernel is chosen (CUDA), our arguments reach it in its order.
+
+    Forced here on the CPU, where kernels.group_norm's op computes with torch arithmetic.
+    """
+    pytest.importorskip("kernels.group_norm")
+    from gnconvert.model import norm as norm_module
+
+    x = torch.randn(2, 64, 5, 7, generator=gen())
+    weight, bias = torch.rand(64, generator=gen(1)) + 0.5, torch.randn(64, generator=gen(2))
+    residual = torch.randn(2, 64, 5, 7, generator=gen(3)) if with_residual else None
+    expected = group_norm(x, 32, weight, bias, 1e-5, residual, relu)
+    calls = []
+    fused = norm_module._fused_group_norm
+    monkeypatch.setattr(norm_module, "_use_fused_kernel", lambda t: True)
+    monkeypatch.setattr(norm_module, "_fused_group_norm", lambda *a: calls.append(a) or fused(*a))
+    torch.testing.assert_close(group_norm(x, 32, weight, bias, 1e-5, residual, relu), expected)
+    assert len(calls) == 1
+
+
 def test_no_norm_only_adds_and_rectifies():
     x = torch.tensor([[[[-1.0, 2.0]]]])
     assert torch.equal(NoNorm()(x), x)
@@ -291,6 +312,69 @@ def test_seeded_checkpoints_load_strictly(name):
     result = net.load_state_dict(_mapped(name).torch_state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert not list(net.buffers())  # everything a checkpoint holds is a parameter
+
+
+def _detectron_input(image_path, arch) -> np.ndarray:
+    """Detectron's blob, written out from its notes: BGR - means, cv2 resize by s, zero pad to /32."""
+    import cv2
+
+    im = cv2.imread(str(image_path)).astype(np.float32) - np.array(arch.pixel_means)
+    h, w = im.shape[:2]
+    s = arch.test.scale / min(h, w)
+    if np.round(s * max(h, w)) > arch.test.max_size:
+        s = arch.test.max_size / max(h, w)
+    im = cv2.resize(im, None, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    blob = np.zeros((1, 3, -(-im.shape[0] // 32) * 32, -(-im.shape[1] // 32) * 32), np.float32)
+    blob[0, :, : im.shape[0], : im.shape[1]] = im.transpose(2, 0, 1)
+    return blob
+
+
+def _roi_features(features, rois, resolution):
+    """Detectron's FPN level rule and RoIAlign (torchvision's equals Caffe2's, see the notes)."""
+    from torchvision.ops import roi_align
+
+    rois = torch.from_numpy(rois.astype(np.float32))
+    area = (rois[:, 3] - rois[:, 1] + 1) * (rois[:, 4] - rois[:, 2] + 1)
+    levels = torch.floor(4 + torch.log2(torch.sqrt(area) / 224 + 1e-6)).clamp(2, 5).long()
+    out = torch.zeros(len(rois), features[0].shape[1], resolution, resolution)
+    for level in range(2, 6):
+        idx = (levels == level).nonzero().flatten()
+        if len(idx):
+            out[idx] = roi_align(features[level - 2], rois[idx], resolution, 1.0 / 2 ** level, 2, False)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tag,name,image", [
+    ("R-50-FPN-GN_seed1", "e2e_mask_rcnn_R-50-FPN_2x_gn", "astronaut.png"),
+    ("R-50-FPN-BN_seed1", "e2e_mask_rcnn_R-50-FPN_2x", "chelsea.png"),
+])
+def test_every_stage_reproduces_detectrons_intermediates(golden_dir, tag, name, image):
+    """P2..P6, box head outputs on Detectron's own 1000 RoIs, mask probabilities on its mask RoIs."""
+    import json
+
+    arch = REFERENCE_ARCHITECTURES[name]
+    net = build_network(arch).eval()
+    net.load_state_dict(_mapped(name).torch_state_dict())
+    golden = np.load(golden_dir / "detectron" / f"{tag}__{image.split('.')[0]}.npz")
+    blob = _detectron_input(golden_dir / "images" / image, arch)
+    assert blob.shape == tuple(golden["data_shape"])
+    with torch.no_grad():
+        features = net.features(torch.from_numpy(blob))
+        for level, p in zip(range(2, 7), features):
+            crop = golden[f"p{level}_crop"]
+            got = p[0, : crop.shape[0], : crop.shape[1], : crop.shape[2]].numpy()
+            assert np.abs(got - crop).max() <= 1e-4 * np.abs(crop).max(), level
+            np.testing.assert_allclose(p[0].mean(dim=(1, 2)).numpy(), golden[f"p{level}_channel_mean"],
+                                       rtol=1e-4, atol=1e-4 * np.abs(golden[f"p{level}_channel_mean"]).max())
+        scores, deltas = net.box_predictor(net.box_head(_roi_features(features, golden["rois"], 7)))
+        np.testing.assert_allclose(torch.softmax(scores, 1).numpy(), golden["cls_prob"], atol=1e-4)
+        np.testing.assert_allclose(deltas.numpy(), golden["bbox_pred"], atol=1e-4 * np.abs(golden["bbox_pred"]).max())
+        logits = net.mask_head(_roi_features(features, golden["mask_rois"], 14))
+    detections = json.loads((golden_dir / "detectron" / f"{tag}.json").read_text())[image]["detections"]
+    classes = torch.tensor([d["category_index"] for d in detections])
+    probs = torch.sigmoid(logits[torch.arange(len(classes)), classes]).numpy()
+    np.testing.assert_allclose(probs, golden["mask_probs"], atol=1e-4)
 
 
 def test_build_network_by_kind():

@@ -12,6 +12,7 @@ residual + ReLU pass and the modules around them need not care which norm they h
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Optional
 
 import torch
@@ -25,11 +26,11 @@ NONE = "none"
 
 @functools.lru_cache(maxsize=None)
 def _fused_kernel_module():
+    """The module `kernels.group_norm` (the package re-exports a function of that name)."""
     try:
-        from kernels import group_norm as fused
+        return importlib.import_module("kernels.group_norm")
     except ImportError:
         return None
-    return fused
 
 
 def _use_fused_kernel(x: Tensor) -> bool:
