@@ -1,13 +1,11 @@
 """The Architecture record from Detectron's real embedded cfg texts, from config files and from blobs."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
-import yaml
 
 from gnconvert.architecture import (
     AFFINE,
@@ -18,65 +16,15 @@ from gnconvert.architecture import (
     architecture_from_cfg,
     architecture_from_checkpoint,
 )
+from gnconvert.detectron_cfg import parse_detectron_cfg
 from gnconvert.errors import CheckpointError
 
 DETECTION = [n for n, a in REFERENCE_ARCHITECTURES.items() if a.kind == "mask_rcnn"]
-CLASSIFIERS = [n for n, a in REFERENCE_ARCHITECTURES.items() if a.kind == "classifier"]
-
-
-# --------------------------------------------------------------------------- #
-# Reading the golden cfg texts.  The package's own reader is H2's
-# gnconvert.detectron_cfg; until it lands, a test-only loader rebuilds the few
-# Python-2 tags those files use (never PyYAML's unsafe loader).
-# --------------------------------------------------------------------------- #
-
-
-class _GoldenCfgLoader(yaml.SafeLoader):
-    pass
-
-
-def _attrdict(loader, suffix, node):
-    fields = loader.construct_mapping(node, deep=True)
-    return dict(fields.get("dictitems", {}))
-
-
-def _dtype(loader, suffix, node):
-    fields = loader.construct_mapping(node, deep=True)
-    return np.dtype(fields["args"][0]).newbyteorder(fields["state"][1])
-
-
-def _scalar(loader, suffix, node):
-    dtype, payload = loader.construct_sequence(node, deep=True)
-    return np.frombuffer(payload, dtype=dtype)[0]
-
-
-def _reconstruct(loader, suffix, node):
-    state = loader.construct_mapping(node, deep=True)["state"]
-    _, shape, dtype, _, payload = state
-    return np.frombuffer(payload, dtype=dtype).reshape(shape)
-
-
-_GoldenCfgLoader.add_multi_constructor("tag:yaml.org,2002:python/object/new:detectron.utils.collections.AttrDict",
-                                       lambda loader, suffix, node: _attrdict(loader, suffix, node))
-_GoldenCfgLoader.add_constructor("tag:yaml.org,2002:python/object/apply:numpy.dtype",
-                                 lambda loader, node: _dtype(loader, "", node))
-_GoldenCfgLoader.add_constructor("tag:yaml.org,2002:python/object/apply:numpy.core.multiarray.scalar",
-                                 lambda loader, node: _scalar(loader, "", node))
-_GoldenCfgLoader.add_constructor("tag:yaml.org,2002:python/object/apply:numpy.core.multiarray._reconstruct",
-                                 lambda loader, node: _reconstruct(loader, "", node))
-_GoldenCfgLoader.add_constructor("tag:yaml.org,2002:python/unicode", lambda loader, node: loader.construct_scalar(node))
-_GoldenCfgLoader.add_constructor("tag:yaml.org,2002:python/tuple",
-                                 lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
-_GoldenCfgLoader.add_constructor("tag:yaml.org,2002:python/name:numpy.ndarray", lambda loader, node: None)
 
 
 def load_golden_cfg(golden_dir, name: str) -> dict:
-    text = (golden_dir / "cfg" / f"{name}.yaml").read_text()
-    try:
-        from gnconvert.detectron_cfg import parse_detectron_cfg
-    except ImportError:
-        return yaml.load(text, Loader=_GoldenCfgLoader)  # noqa: S506 - a SafeLoader subclass
-    return parse_detectron_cfg(text)
+    """A real embedded cfg text, read by the package's safe parser."""
+    return parse_detectron_cfg((golden_dir / "cfg" / f"{name}.yaml").read_text())
 
 
 def inventory_blobs(golden_dir, name: str, momentum: bool = True) -> dict:
@@ -219,10 +167,6 @@ def test_architecture_round_trips_through_dict():
 # blobs -> Architecture
 # --------------------------------------------------------------------------- #
 
-# Settings blobs cannot show: compared separately
-_NOT_IN_BLOBS = ("test", "pixel_means", "bbox_reg_weights", "bbox_xform_clip")
-
-
 @pytest.mark.parametrize("name", list(REFERENCE_ARCHITECTURES))
 def test_blobs_imply_the_reference_architecture(golden_dir, name):
     inferred = architecture_from_blobs(inventory_blobs(golden_dir, name, momentum=name in DETECTION))
@@ -286,7 +230,6 @@ def test_num_classes_disagreement_is_an_error(golden_dir):
 
 
 def test_config_file_path_is_used_when_there_is_no_cfg(golden_dir, tmp_path):
-    pytest.importorskip("gnconvert.detectron_cfg", reason="H2's config-file reader has not landed yet")
     config = tmp_path / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml"
     config.write_text(
         "MODEL:\n  TYPE: generalized_rcnn\n  CONV_BODY: FPN.add_fpn_ResNet50_conv5_body\n  NUM_CLASSES: 81\n"
