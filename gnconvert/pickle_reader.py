@@ -2,7 +2,8 @@
 
 A pickle is a program: `pickle.load` imports and calls whatever globals the
 stream names.  Detectron's files only need numpy arrays, dtypes and scalars
-(plus the `_codecs.encode` shim Python 3 uses for bytes at protocol 2), so the
+(plus the `_codecs.encode` shim Python 3 uses for bytes at protocol 2, and
+numpy's `_frombuffer` for files re-saved at protocol 5), so the
 unpickler below resolves exactly those names, and each to a stand-in of ours
 that validates its arguments, never to the real numpy callable: a stream can
 only build plain numeric arrays whose data it actually contains.
@@ -106,21 +107,29 @@ class _ArrayStub:
         version, shape, spec, fortran, data = state
         if version != 1 or not isinstance(spec, _DtypeSpec) or not isinstance(fortran, bool):
             raise _Rejected("array state has an unknown layout")
-        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
-            raise _Rejected(f"array shape {shape!r} is not a tuple of sizes")
+        _check_shape(shape)
         if isinstance(data, str):
             data = data.encode("latin-1")  # Python 2 str read as text (protocol-2 Python 3 form)
         if not isinstance(data, bytes):
             raise _Rejected(f"array data is a {type(data).__name__}, not a byte string")
-        nbytes = spec.dtype.itemsize
-        for d in shape:
-            nbytes *= d
-        if nbytes != len(data):
-            raise _Rejected(f"array of shape {shape} and dtype {spec.dtype} needs {nbytes} bytes, has {len(data)}")
-        self._budget.spend(nbytes)
+        self._budget.spend(_nbytes(shape, spec.dtype, data))
         array = np.ndarray.__new__(np.ndarray, (0,), "b")
         array.__setstate__((1, shape, spec.dtype, fortran, data))
         self.array = array
+
+
+def _check_shape(shape) -> None:
+    if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
+        raise _Rejected(f"array shape {shape!r} is not a tuple of sizes")
+
+
+def _nbytes(shape, dtype: np.dtype, data) -> int:
+    nbytes = dtype.itemsize
+    for d in shape:
+        nbytes *= d
+    if nbytes != len(data):
+        raise _Rejected(f"array of shape {shape} and dtype {dtype} needs {nbytes} bytes, has {len(data)}")
+    return nbytes
 
 
 class _Budget:
@@ -200,12 +209,23 @@ class _SafeUnpickler(pickle.Unpickler):
         for module in _NUMPY_MODULES:
             self._allowed[(module, "_reconstruct")] = self._reconstruct
             self._allowed[(module, "scalar")] = _make_scalar
+        for module in ("numpy.core.numeric", "numpy._core.numeric"):
+            self._allowed[(module, "_frombuffer")] = self._frombuffer
         self._budget = budget
 
     def _reconstruct(self, subtype, shape, typecode):
         if subtype is not _NDARRAY:
             raise _Rejected("_reconstruct may only build numpy.ndarray")
         return _ArrayStub(self._budget)
+
+    def _frombuffer(self, buf, spec, shape, order):
+        """numpy's protocol-5 spelling of an array: the raw buffer, dtype, shape, order."""
+        order = _text(order) if isinstance(order, (bytes, str)) else None
+        if not isinstance(buf, (bytes, bytearray)) or not isinstance(spec, _DtypeSpec) or order not in ("C", "F"):
+            raise _Rejected("_frombuffer with arguments other than an array's buffer, dtype, shape and order")
+        _check_shape(shape)
+        self._budget.spend(_nbytes(shape, spec.dtype, buf))
+        return np.frombuffer(buf, dtype=spec.dtype).reshape(shape, order=order).copy(order="K")
 
     def find_class(self, module, name):
         found = self._allowed.get((module, name))
@@ -289,6 +309,8 @@ def _blob_dict(path: str, value, where: str) -> Dict[str, np.ndarray]:
         name = _text(key)
         if isinstance(item, _ArrayStub) and item.array is not None:
             blobs[name] = item.array
+        elif type(item) is np.ndarray:  # protocol 5
+            blobs[name] = item
         elif isinstance(item, np.generic):
             blobs[name] = np.asarray(item)
         else:

@@ -160,6 +160,11 @@ def _array(shape: bytes, dtype: bytes, data: bytes, fortran: bytes = b"\x89") ->
     # the same array built twice (state swapped after the fact)
     (b"\x80\x02}" + _s("w") + _array(b"K\x01\x85", _dtype("f4"), _s("abcd"))[:-1] + b"b"
      + b"(K\x01K\x01\x85" + _dtype("f4") + b"\x89" + _s("abcd") + b"tbs.", "built twice"),
+    # protocol-5 _frombuffer: a declared shape larger than its buffer, and a non-buffer argument
+    (b"\x80\x05}" + _s("w") + _call(_global("numpy._core.numeric", "_frombuffer"), b"\x96\x04\x00\x00\x00\x00\x00\x00\x00abcd",
+                                    _dtype("f4"), b"J\x00\x00\x00\x01\x85", _s("C")) + b"s.", "needs 67108864 bytes, has 4"),
+    (_in_dict(_call(_global("numpy.core.numeric", "_frombuffer"), b"N", _dtype("f4"), b"K\x01\x85", _s("C"))),
+     "_frombuffer with arguments other than"),
     # persistent ids (torch.save style) are refused
     (_in_dict(b"N" + b"Q"), "persistent"),
     # stack tricks

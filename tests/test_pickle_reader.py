@@ -42,11 +42,13 @@ def test_real_python2_bare(golden_dir, expected):
     _assert_blobs_equal(ckpt.blobs, expected)
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 @pytest.mark.parametrize("layout", ["blobs+cfg", "bare"])
-def test_python3_protocol2_form(tmp_path, expected, layout):
+def test_python3_forms(tmp_path, expected, layout, protocol):
+    # protocol 2 is the form the issue names; 3-5 are what a re-save under Python 3 gives
     obj = {"blobs": expected, "cfg": "MODEL:\n  TYPE: generalized_rcnn\n"} if layout == "blobs+cfg" else expected
     path = tmp_path / "py3.pkl"
-    path.write_bytes(pickle.dumps(obj, protocol=2))
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
     ckpt = read_detectron_pickle(path)
     assert ckpt.layout == layout
     _assert_blobs_equal(ckpt.blobs, expected)
@@ -61,12 +63,14 @@ def test_numpy_scalars_become_zero_d_arrays(tmp_path):
     assert int(blobs["iter"]) == 7
 
 
-def test_big_endian_and_fortran_arrays(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_big_endian_and_fortran_arrays(tmp_path, protocol):
     a = np.asfortranarray(np.arange(12, dtype=">f4").reshape(3, 4))
     path = tmp_path / "be.pkl"
-    path.write_bytes(pickle.dumps({"a": a}, protocol=2))
+    path.write_bytes(pickle.dumps({"a": a}, protocol=protocol))
     got = read_detectron_pickle(path).blobs["a"]
     np.testing.assert_array_equal(got, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert got.flags.writeable
 
 
 @pytest.mark.parametrize("content,what", [
