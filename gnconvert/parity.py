@@ -87,8 +87,11 @@ class DetectionMatch:
         return self.matched_fraction >= MIN_MATCHED and self.extra_fraction <= MAX_EXTRA and masks_ok
 
 
-def match_detections(reference: Detections, ours: Detections, masks: bool = True) -> DetectionMatch:
-    """Greedy one-to-one matching, best box IoU first, under the README's criteria."""
+def match_detections(
+    reference: Detections, ours: Detections, masks: bool = True, min_iou: float = BOX_IOU, score_tol: float = SCORE_TOL
+) -> DetectionMatch:
+    """Greedy one-to-one matching, best box IoU first: same class, IoU >= min_iou,
+    |score difference| <= score_tol (the README's criteria by default)."""
     nr, no = len(reference), len(ours)
     result = DetectionMatch(pairs=[], num_reference=nr, num_ours=no)
     if nr == 0 or no == 0:
@@ -96,8 +99,8 @@ def match_detections(reference: Detections, ours: Detections, masks: bool = True
     iou = box_iou(reference.boxes, ours.boxes)
     ok = (
         (reference.classes[:, None] == ours.classes[None, :])
-        & (iou >= BOX_IOU)
-        & (np.abs(reference.scores[:, None].astype(np.float64) - ours.scores[None, :]) <= SCORE_TOL)
+        & (iou >= min_iou)
+        & (np.abs(reference.scores[:, None].astype(np.float64) - ours.scores[None, :]) <= score_tol)
     )
     cand = np.argwhere(ok)
     # best IoU, then closest score first; ties by reference order

@@ -1,4 +1,4 @@
 """Detectron's test-time pipeline around the network: preprocessing, anchors,
 proposals, RoI pooling, box and mask post-processing, and the `Detector` that
 strings them together."""
-from .detector import Detector, Intermediates  # noqa: F401
+from .detector import Detector, ImageFeatures, Intermediates  # noqa: F401

@@ -7,7 +7,9 @@ paste) is in the sibling modules, each proven against Detectron's outputs.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,6 +24,17 @@ from .preprocess import ImageInput
 Intermediates = Dict[str, np.ndarray]
 
 STAGES = ("preprocess", "backbone", "fpn", "rpn", "box_head", "mask_head", "paste")
+
+
+@dataclass
+class ImageFeatures:
+    """What the network computes once per image; `Detector.detect` takes it from there."""
+
+    blob: preprocess.ImageBlob
+    feats: List[torch.Tensor]  # P2..P6, batch of one
+    logits: List[torch.Tensor]  # per level (A, H, W)
+    deltas: List[torch.Tensor]  # per level (4A, H, W)
+    timings: Dict[str, float]
 
 
 class _Clock:
@@ -125,16 +138,43 @@ class Detector(nn.Module):
         return blob, time.perf_counter() - t0
 
     def _run(self, image: ImageInput, masks: bool, dense_masks: bool, inter: Optional[Intermediates]) -> Detections:
+        return self.detect(self.compute_features(image), masks, dense_masks, inter)
+
+    @torch.no_grad()
+    def compute_features(self, image: ImageInput) -> ImageFeatures:
+        """The image-level half: input blob, P2..P6 and the RPN head's outputs."""
         blob, prep_time = self._prepare(image)
         clock = _Clock(self.device)
-        clock.times["preprocess"] = prep_time
-        data = blob.data.to(self.device)
-        if inter is not None:
-            inter["im_info"] = _np(blob.im_info)
-            inter["data_shape"] = np.array(blob.data.shape, dtype=np.int64)
-            inter["data_crop"] = _np(blob.data[0, :, :32, :32])
-        feats, logits, deltas = self._forward_features(data, clock)
-        return self._heads(blob, feats, [x[0] for x in logits], [x[0] for x in deltas], masks, dense_masks, clock, inter)
+        feats, logits, deltas = self._forward_features(blob.data.to(self.device), clock)
+        return ImageFeatures(blob, feats, [x[0] for x in logits], [x[0] for x in deltas], dict(clock.times, preprocess=prep_time))
+
+    @torch.no_grad()
+    def detect(
+        self,
+        features: ImageFeatures,
+        masks: bool = True,
+        dense_masks: bool = False,
+        intermediates: Optional[Intermediates] = None,
+        given_rois: Optional[np.ndarray] = None,
+        given_detections: Optional[Detections] = None,
+    ) -> Detections:
+        """The RoI-level half on computed features.
+
+        given_rois (R, 5) replaces the proposals and given_detections replaces the
+        box results fed to the mask head ("teacher forcing", for parity checks:
+        each later stage can be judged on Detectron's own input to it).
+        """
+        clock = _Clock(self.device)
+        clock.times = dict(features.timings)
+        blob = features.blob
+        if intermediates is not None:
+            intermediates["im_info"] = _np(blob.im_info)
+            intermediates["data_shape"] = np.array(blob.data.shape, dtype=np.int64)
+            intermediates["data_crop"] = _np(blob.data[0, :, :32, :32])
+        return self._heads(
+            blob, features.feats, features.logits, features.deltas, masks, dense_masks, clock, intermediates,
+            given_rois, given_detections,
+        )
 
     def _forward_features(self, data: torch.Tensor, clock: _Clock):
         net = self.network
@@ -146,7 +186,9 @@ class Detector(nn.Module):
         clock.lap("rpn")
         return feats, logits, deltas
 
-    def _heads(self, blob, feats, logits, deltas, masks, dense_masks, clock: _Clock, inter) -> Detections:
+    def _heads(
+        self, blob, feats, logits, deltas, masks, dense_masks, clock: _Clock, inter, given_rois=None, given_detections=None
+    ) -> Detections:
         a, t, net = self.arch, self.arch.test, self.network
         im_info = blob.im_info.to(self.device)
         if inter is not None:
@@ -154,6 +196,19 @@ class Detector(nn.Module):
                 inter[f"p{k}_shape"] = np.array(f.shape, dtype=np.int64)
                 inter[f"p{k}_channel_mean"] = _np(f[0].mean(dim=(1, 2)))
                 inter[f"p{k}_crop"] = _np(f[0, :8, :16, :16])
+
+        roi_feats = feats[a.roi_min_level - a.rpn_min_level : a.roi_max_level - a.rpn_min_level + 1]
+        if given_detections is not None:  # straight to the mask head with these boxes
+            det = dataclasses.replace(given_detections, masks_rle=None, mask_probs=None, timings={})
+            res = box_postprocess.BoxResults(
+                boxes=torch.as_tensor(det.boxes, device=self.device),
+                scores=torch.as_tensor(det.scores, device=self.device),
+                classes=torch.as_tensor(det.classes),
+            )
+            if masks:
+                self._masks(det, res, feats, roi_feats, blob, dense_masks, clock, inter)
+            det.timings = dict(clock.times)
+            return det
 
         level_boxes, level_scores = [], []
         for i, k in enumerate(range(a.rpn_min_level, a.rpn_max_level + 1)):
@@ -176,17 +231,22 @@ class Detector(nn.Module):
                 inter[f"rpn_rois_fpn{k}"] = _with_batch_column(boxes)
                 inter[f"rpn_roi_probs_fpn{k}"] = _np(scores).reshape(-1, 1)
         rois = proposals.collect(level_boxes, level_scores, t.rpn_post_nms_top_n)
+        if given_rois is not None:
+            rois = torch.as_tensor(np.asarray(given_rois, np.float32)[:, 1:5], device=rois.device)
         clock.lap("rpn")
 
-        roi_feats = feats[a.roi_min_level - a.rpn_min_level : a.roi_max_level - a.rpn_min_level + 1]
         levels = roi_levels.assign_levels(
             rois, a.roi_min_level, a.roi_max_level, a.roi_canonical_scale, a.roi_canonical_level
         )
         x = roi_levels.multilevel_roi_align(
             roi_feats, rois, levels, a.roi_min_level, a.box_roi_resolution, a.box_sampling_ratio
         )
-        cls_score, bbox_pred = net.box_predictor(net.box_head(x))
-        cls_prob = torch.softmax(cls_score, dim=1)
+        if rois.shape[0] == 0:  # nothing survived the RPN: no detections, no crash
+            cls_prob = x.new_zeros((0, a.num_classes))
+            bbox_pred = x.new_zeros((0, 4 * a.num_classes))
+        else:
+            cls_score, bbox_pred = net.box_predictor(net.box_head(x))
+            cls_prob = torch.softmax(cls_score, dim=1)
         pred = box_postprocess.detect_boxes(
             rois, cls_prob, bbox_pred, blob.scale, blob.image_size, a.bbox_reg_weights, a.bbox_xform_clip
         )
