@@ -176,3 +176,14 @@ def test_mapping_problems_name_the_blobs(tmp_path, capsys, damage, message):
     assert code == 1 and err.count("\n") == 1, err
     assert message in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pkl"]
+
+
+def test_config_file_for_a_backbone_without_cfg(classifier_pkl, capsys, golden_dir):
+    config = golden_dir / "cfg" / f"{GN_R50}.yaml"
+    code, stdout, err = run(["inspect", str(classifier_pkl), "--config", str(config), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["architecture_from"] == f"classifier; body settings from config file {config}"
+    # a config that disagrees with the blobs is an error naming both sides, not a guess
+    wrong = golden_dir / "cfg" / "e2e_mask_rcnn_R-101-FPN_2x_gn.yaml"
+    code, _, err = run(["inspect", str(classifier_pkl), "--config", str(wrong)], capsys)
+    assert code == 1 and "depth=101 but the blobs say depth=50" in err and err.count("\n") == 1
