@@ -16,3 +16,26 @@ def golden_dir() -> Path:
     if not GOLDEN.is_dir():
         pytest.fail(f"Detectron golden outputs not found at {GOLDEN}; set GNCONVERT_SHARED")
     return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def seeded_pickle(tmp_path_factory, golden_dir):
+    """Factory: arch name (a golden inventory name) -> path of a full-size seeded (seed 1) checkpoint
+    written as Detectron writes it: a Python-2 protocol-2 pickle with the real cfg text embedded."""
+    from gnconvert import architecture, seeded
+    from gnconvert.py2_pickle import write_detectron_pickle
+
+    made = {}
+
+    def make(arch_name: str, seed: int = 1):
+        key = (arch_name, seed)
+        if key not in made:
+            arch = architecture.REFERENCE_ARCHITECTURES[arch_name]
+            cfg = golden_dir / "cfg" / f"{arch_name}.yaml"
+            path = tmp_path_factory.mktemp("seeded") / f"{arch_name}_seed{seed}.pkl"
+            write_detectron_pickle(path, seeded.seeded_blobs(arch, seed),
+                                   cfg_text=cfg.read_text() if cfg.is_file() else None)
+            made[key] = path
+        return made[key]
+
+    return make
