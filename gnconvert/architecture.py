@@ -264,6 +264,16 @@ def _floats(value: Any, n: int, dotted: str) -> Tuple[float, ...]:
     return tuple(float(v) for v in flat)
 
 
+def _test_scale(c: _Cfg, cfg: Dict[str, Any]) -> int:
+    """TEST.SCALE, or its predecessor TEST.SCALES (a tuple) in cfgs saved before March 2018."""
+    if c.has("TEST.SCALE", cfg) or not c.has("TEST.SCALES", cfg):
+        return int(c("TEST.SCALE"))
+    scales = tuple(c("TEST.SCALES"))
+    if len(scales) != 1:
+        raise CheckpointError(f"cfg TEST.SCALES={scales!r}: multi-scale testing is not supported; {_SUPPORTED}")
+    return int(scales[0])
+
+
 def architecture_from_cfg(cfg: Dict[str, Any], embedded: bool = True) -> Architecture:
     """The Architecture a Detectron cfg describes; settings we do not implement are errors.
 
@@ -316,7 +326,7 @@ def architecture_from_cfg(cfg: Dict[str, Any], embedded: bool = True) -> Archite
     if freeze_at not in (0, 2, 3, 4, 5):
         raise CheckpointError(f"cfg TRAIN.FREEZE_AT={freeze_at}: Detectron allows 0, 2, 3, 4 or 5")
     test = TestSettings(
-        scale=int(c("TEST.SCALE")),
+        scale=_test_scale(c, cfg),
         max_size=int(c("TEST.MAX_SIZE")),
         nms=float(c("TEST.NMS")),
         score_thresh=float(c("TEST.SCORE_THRESH")),

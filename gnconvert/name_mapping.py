@@ -193,10 +193,10 @@ class MappingResult:
     dropped: Dict[str, str] = field(default_factory=dict)  # blob name -> why no parameter takes it
 
     def torch_state_dict(self) -> Dict[str, Any]:
-        """The state dict as torch tensors (copies, so they own writable memory)."""
+        """The state dict as torch tensors, sharing memory with writable arrays (read-only ones are copied)."""
         import torch
 
-        return {k: torch.from_numpy(np.array(v, dtype=np.float32, copy=True)) for k, v in self.state_dict.items()}
+        return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in self.state_dict.items()}
 
 
 def _listing(names: List[str], limit: int = 5) -> str:

@@ -251,3 +251,14 @@ def test_config_file_path_is_used_when_there_is_no_cfg(golden_dir, tmp_path):
     arch, how = architecture_from_checkpoint(None, inventory_blobs(golden_dir, "ImageNet_R-50-GN"),
                                              config_path=str(config))
     assert arch == REFERENCE_ARCHITECTURES["ImageNet_R-50-GN"] and "classifier" in how
+
+
+def test_old_cfg_test_scales_tuple_is_read(golden_dir):
+    """Detectron's cfg before March 2018 (the 12_2017 models) had TEST.SCALES = (800,)."""
+    cfg = load_golden_cfg(golden_dir, "e2e_mask_rcnn_R-50-FPN_2x")
+    del cfg["TEST"]["SCALE"]
+    cfg["TEST"]["SCALES"] = (800,)
+    assert architecture_from_cfg(cfg).test.scale == 800
+    cfg["TEST"]["SCALES"] = (600, 800)
+    with pytest.raises(CheckpointError, match="multi-scale"):
+        architecture_from_cfg(cfg)
