@@ -478,7 +478,7 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
         mask_dim=_shape(blobs, mask_first)[0],
         num_classes=num_classes,
         freeze_at=_infer_freeze_at(blobs),
-        pretrained_on_imagenet="pred_w" in blobs,
+        pretrained_on_imagenet="pred_w" in blobs or "fc1000_w" in blobs,
         **heads,
         **body,
     )

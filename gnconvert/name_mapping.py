@@ -23,6 +23,14 @@ MOMENTUM_SUFFIX = "_momentum"
 TRAINING_COUNTERS = {"iter": "training iteration counter", "lr": "training learning rate"}
 IMAGENET_FC = ("pred_w", "pred_b")
 IMAGENET_FC_REASON = "ImageNet classifier fc carried over unused from pre-training"
+# The MSRA ImageNet ResNets (MSRA/R-50.pkl) that the 12_2017 BN* detectors started
+# from name their fc `fc1000` and keep a conv1 bias that Detectron's stem (no bias)
+# never loads; Detectron carries all three over into the trained checkpoint.
+MSRA_LEFTOVERS = {
+    "fc1000_w": "MSRA ImageNet classifier fc carried over unused from pre-training",
+    "fc1000_b": "MSRA ImageNet classifier fc carried over unused from pre-training",
+    "conv1_b": "MSRA ImageNet conv1 bias carried over unused (Detectron's stem conv has no bias)",
+}
 IMAGENET_CLASSES = 1000
 
 
@@ -216,6 +224,8 @@ def _drop_reason(name: str, arch: Architecture, by_blob: Mapping[str, Rule]) -> 
         return f"optimizer momentum of {name[: -len(MOMENTUM_SUFFIX)]}"
     if arch.kind == "mask_rcnn" and name in IMAGENET_FC:
         return IMAGENET_FC_REASON
+    if arch.kind == "mask_rcnn" and arch.norm == AFFINE and name in MSRA_LEFTOVERS:
+        return MSRA_LEFTOVERS[name]
     return TRAINING_COUNTERS.get(name)
 
 

@@ -180,3 +180,14 @@ def test_torch_to_detectron_refuses_incomplete_or_foreign_state():
         torch_to_detectron(broken, arch)
     with pytest.raises(MappingError, match="clashing: pred_w"):
         torch_to_detectron(state, arch, extra_blobs={"pred_w": np.zeros(1, np.float32)})
+
+
+def test_msra_leftovers_are_dropped_only_from_bn_detectors():
+    """MSRA/R-50.pkl's `fc1000_*` and `conv1_b` ride along in the BN* detectors trained from it."""
+    leftovers = {"fc1000_w": np.zeros((1000, 2048), np.float32), "fc1000_b": np.zeros(1000, np.float32),
+                 "conv1_b": np.zeros(64, np.float32)}
+    dropped = detectron_to_torch({**seeded(BN_R50), **leftovers}, REFERENCE_ARCHITECTURES[BN_R50]).dropped
+    assert "fc1000" not in dropped["conv1_b"] and "no bias" in dropped["conv1_b"]
+    assert "MSRA" in dropped["fc1000_w"] and "MSRA" in dropped["fc1000_b"]
+    message = _mapping_error({**seeded(GN_R50), **leftovers}, GN_R50)
+    assert "3 unexpected: conv1_b, fc1000_b, fc1000_w" in message
