@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .architecture import Architecture
+from .atomic import atomic_path
 from .errors import CheckpointError, MappingError
 
 FORMAT = "gnconvert-converted"
@@ -87,20 +87,11 @@ def save_converted(path, state_dict: Mapping[str, Any], arch: Architecture, prov
         "cfg_text": cfg_text,
     }
     metadata = {"format": FORMAT, _META_KEY: json.dumps(record, sort_keys=False)}
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
     except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror}; check the output folder") from None
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
-        raise
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
 
 
 def is_converted_file(path) -> bool:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from typing import BinaryIO, Dict, Mapping, Optional
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import CheckpointError
 
 _BATCHSIZE = 1000
@@ -173,12 +173,5 @@ def write_detectron_pickle(path, blobs: Mapping[str, np.ndarray], cfg_text: Opti
     """Write `blobs` (in their dict order) as a Python-2 Detectron `.pkl`, atomically."""
     path = os.fspath(path)
     obj = _top_level(blobs, cfg_text, layout)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _Py2Pickler(f).dump(obj)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        _Py2Pickler(f).dump(obj)
