@@ -393,8 +393,23 @@ def test_torchscript_network_equals_eager():
     for eager_list, script_list in zip(eager_out, script_out):
         for e, s in zip(eager_list, script_list):
             torch.testing.assert_close(s, e)
-    scripted_heads = [torch.jit.script(m) for m in (net.box_head, net.box_predictor, net.mask_head)]
-    assert len(scripted_heads) == 3
+    x = torch.randn(2, 256, 7, 7, generator=gen(1))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net.box_head)(x), net.box_head(x))
+
+
+@pytest.mark.parametrize("name", ["e2e_mask_rcnn_R-50-FPN_2x", "ImageNet_R-50-GN"])
+def test_other_networks_script_too(name):
+    net = build_network(REFERENCE_ARCHITECTURES[name]).eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(1, 3, 64, 64, generator=gen())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+        if isinstance(net, MaskRCNNNetwork):
+            rois = torch.randn(2, 256, 7, 7, generator=gen(1))
+            torch.testing.assert_close(torch.jit.script(net.box_head)(rois), net.box_head(rois))
+            masks = torch.randn(2, 256, 14, 14, generator=gen(2))
+            torch.testing.assert_close(torch.jit.script(net.mask_head)(masks), net.mask_head(masks))
 
 
 @pytest.mark.gpu
