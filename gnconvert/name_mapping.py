@@ -313,3 +313,23 @@ def describe(arch: Architecture) -> str:
     if arch.kind == "classifier":
         return f"R-{arch.depth} ImageNet classifier ({norm})"
     return f"R-{arch.depth}-FPN Mask R-CNN ({norm}, {arch.box_head} box head, {arch.mask_head} mask head)"
+
+
+def format_table(arch: Architecture) -> str:
+    """The table as text, one `blob -> param shape` row per parameter, for review."""
+    width = max(len(r.blob) for r in mapping_rules(arch))
+    rows = [f"{r.blob:<{width}}  ->  {r.param}  {list(r.shape)}{'' if r.trainable else '  (frozen)'}"
+            for r in mapping_rules(arch)]
+    return "\n".join([f"# {describe(arch)}: {len(rows)} parameters"] + rows)
+
+
+if __name__ == "__main__":  # python -m gnconvert.name_mapping [reference architecture name]
+    import sys
+
+    from .architecture import REFERENCE_ARCHITECTURES
+
+    names = sys.argv[1:] or ["e2e_mask_rcnn_R-50-FPN_2x_gn"]
+    for arch_name in names:
+        if arch_name not in REFERENCE_ARCHITECTURES:
+            sys.exit(f"unknown architecture {arch_name!r}; one of: {', '.join(REFERENCE_ARCHITECTURES)}")
+        print(format_table(REFERENCE_ARCHITECTURES[arch_name]))

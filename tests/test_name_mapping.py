@@ -191,3 +191,11 @@ def test_msra_leftovers_are_dropped_only_from_bn_detectors():
     assert "MSRA" in dropped["fc1000_w"] and "MSRA" in dropped["fc1000_b"]
     message = _mapping_error({**seeded(GN_R50), **leftovers}, GN_R50)
     assert "3 unexpected: conv1_b, fc1000_b, fc1000_w" in message
+
+
+def test_table_prints_one_row_per_parameter():
+    from gnconvert.name_mapping import format_table
+
+    arch = REFERENCE_ARCHITECTURES["ImageNet_R-50-GN"]
+    lines = format_table(arch).splitlines()
+    assert len(lines) == 1 + 161 and lines[-1].split() == ["pred_b", "->", "fc.bias", "[1000]", "(frozen)"]
