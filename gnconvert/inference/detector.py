@@ -73,6 +73,9 @@ class Detector(nn.Module):
         self.network = network
         self.arch = arch
 
+    def forward(self, image: ImageInput, masks: bool = True, dense_masks: bool = False) -> Detections:
+        return self.predict(image, masks, dense_masks)
+
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
