@@ -1,0 +1,433 @@
+"""Triton kernels for GroupNorm (+ residual + ReLU), forward and backward.
+
+Imported only when Triton is installed (see `kernels.group_norm`); it holds the
+`@triton.jit` kernels and the small launchers that size their grids.
+
+A tensor is seen as (N, C, S) with strides (sn, sc, ss), S the flattened
+spatial size, so one set of kernels serves contiguous NCHW (ss == 1), channels
+last (sc == 1, ss == C) and 2-D / 3-D inputs.  One program works on one
+(sample, group, spatial chunk) and walks it in [BLOCK_C, BLOCK_S] tiles.
+
+Two forward paths:
+
+* small groups (the RoI heads, 2-D inputs): one program holds a whole group in
+  registers, so x is read once and the variance is an exact two-pass in registers;
+* large groups (the body and FPN at batch 1 hold 32 groups of up to 1e6
+  values): the group is cut into spatial chunks so that enough programs exist
+  to fill the GPU.  A first kernel writes per-chunk (count, mean, M2), merged
+  with Chan's parallel formula, which never forms E[x^2] - E[x]^2 and so stays
+  exact for large-mean inputs; a second kernel merges the chunks of its group
+  and normalises its own chunk in the same pass as the affine, residual and ReLU.
+
+Statistics are float32 (float64 for float64 inputs, which gradcheck uses);
+inputs and outputs keep their dtype.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Sizes that decide the forward path and the split; smaller under the interpreter so tests reach every loop."""
+
+    single_tile_max: int  # padded elements of a group that one program holds in registers
+    max_block_c: int  # channels per tile
+    min_chunk: int  # elements per program before splitting further is not worth it
+    programs_per_sm: int
+
+
+GPU_TUNING = Tuning(single_tile_max=8192, max_block_c=64, min_chunk=8192, programs_per_sm=4)
+INTERPRETER_TUNING = Tuning(single_tile_max=256, max_block_c=4, min_chunk=64, programs_per_sm=16)
+TUNING = INTERPRETER_TUNING if INTERPRETING else GPU_TUNING
+
+
+def _tile_configs():
+    if INTERPRETING:  # one config: the autotuner then runs nothing extra
+        return [triton.Config({"TILE": 64}, num_warps=1)]
+    return [
+        triton.Config({"TILE": tile}, num_warps=warps)
+        for tile in (1024, 2048, 4096)
+        for warps in (4, 8)
+    ]
+
+
+def _block_s(args):
+    return max(args["TILE"] // args["BLOCK_C"], 1)
+
+
+def _tuned(fn):
+    """Autotune the tile size per (work per program rounded to a power of two, channels per group),
+    so that a new image size reuses the tuning of a similar one instead of benchmarking again."""
+    return triton.autotune(configs=_tile_configs(), key=["WORK_BUCKET", "CPG", "BLOCK_C"])(
+        triton.heuristics({"BLOCK_S": _block_s})(fn)
+    )
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _gn_fwd_single_tile_kernel(
+    X, Y, R, W, B, SHIFT, MEAN, RSTD,
+    S, CPG, G, stride_n, stride_c, stride_s, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0)  # n * G + g
+    n = pid // G
+    g = pid % G
+    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    c = tl.arange(0, BLOCK_C)
+    s = tl.arange(0, BLOCK_S)
+    c_ok = c < CPG
+    mask = c_ok[:, None] & (s < S)[None, :]
+    offs = base + c[:, None] * stride_c + s[None, :] * stride_s
+
+    shift = tl.load(X + base).to(ACC)
+    x = tl.where(mask, tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift, 0.0)
+    count = tl.sum(mask.to(ACC))  # not CPG * S: Triton turns an int argument equal to 1 into a constant
+    mean = tl.sum(x) / count
+    centred = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(centred * centred) / count
+    rstd = tl.math.rsqrt(var + eps)
+    tl.store(SHIFT + pid, shift)
+    tl.store(MEAN + pid, mean)
+    tl.store(RSTD + pid, rstd)
+
+    scale = tl.full([BLOCK_C], 1.0, ACC) * rstd
+    if HAS_W:
+        scale = scale * tl.load(W + g * CPG + c, mask=c_ok, other=0.0).to(ACC)
+    y = centred * scale[:, None]
+    if HAS_B:
+        y = y + tl.load(B + g * CPG + c, mask=c_ok, other=0.0).to(ACC)[:, None]
+    if HAS_R:
+        y = y + tl.load(R + offs, mask=mask, other=0.0).to(ACC)
+    if RELU:
+        y = tl.where(y < 0.0, 0.0, y)  # keeps NaN, as torch.relu does
+    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@_tuned
+@triton.jit
+def _gn_fwd_chunk_stats_kernel(
+    X, P_COUNT, P_MEAN, P_M2,
+    S, CPG, G, SPLITS, CHUNK, WORK_BUCKET, stride_n, stride_c, stride_s,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // G
+    g = pid % G
+    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    s_begin = k * CHUNK
+    s_end = tl.minimum(s_begin + CHUNK, S)
+    cr = tl.arange(0, BLOCK_C)
+    sr = tl.arange(0, BLOCK_S)
+
+    shift = tl.load(X + base).to(ACC)
+    count = tl.zeros([], ACC)
+    mean = tl.zeros([], ACC)
+    m2 = tl.zeros([], ACC)
+    for c0 in range(0, CPG, BLOCK_C):
+        c = c0 + cr
+        c_ok = c < CPG
+        for s0 in range(s_begin, s_end, BLOCK_S):
+            s = s0 + sr
+            mask = c_ok[:, None] & (s < s_end)[None, :]
+            x = tl.load(X + base + c[:, None] * stride_c + s[None, :] * stride_s, mask=mask, other=0.0).to(ACC)
+            x = tl.where(mask, x - shift, 0.0)
+            # Tile statistics, then Chan's merge into the running ones.
+            t_count = tl.sum(mask.to(ACC))
+            t_mean = tl.sum(x) / t_count
+            d = tl.where(mask, x - t_mean, 0.0)
+            t_m2 = tl.sum(d * d)
+            delta = t_mean - mean
+            total = count + t_count
+            mean = mean + delta * (t_count / total)
+            m2 = m2 + t_m2 + delta * delta * (count * t_count / total)
+            count = total
+    slot = pid * SPLITS + k
+    tl.store(P_COUNT + slot, count)
+    tl.store(P_MEAN + slot, mean)
+    tl.store(P_M2 + slot, m2)
+
+
+@_tuned
+@triton.jit
+def _gn_fwd_chunk_apply_kernel(
+    X, Y, R, W, B, SHIFT, MEAN, RSTD, P_COUNT, P_MEAN, P_M2,
+    S, CPG, G, SPLITS, CHUNK, WORK_BUCKET, stride_n, stride_c, stride_s, eps,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr,
+    ACC: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // G
+    g = pid % G
+
+    # Merge the group's chunk statistics (Chan), every program of the group alike.
+    kk = tl.arange(0, SPLITS_P2)
+    k_ok = kk < SPLITS
+    p_count = tl.load(P_COUNT + pid * SPLITS + kk, mask=k_ok, other=0.0)
+    p_mean = tl.load(P_MEAN + pid * SPLITS + kk, mask=k_ok, other=0.0)
+    p_m2 = tl.load(P_M2 + pid * SPLITS + kk, mask=k_ok, other=0.0)
+    count = tl.sum(p_count)
+    mean = tl.sum(p_count * p_mean) / count
+    dev = p_mean - mean
+    m2 = tl.sum(tl.where(k_ok, p_m2 + p_count * dev * dev, 0.0))
+    rstd = tl.math.rsqrt(m2 / count + eps)
+    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    shift = tl.load(X + base).to(ACC)
+    if k == 0:
+        tl.store(SHIFT + pid, shift)
+        tl.store(MEAN + pid, mean)
+        tl.store(RSTD + pid, rstd)
+
+    s_begin = k * CHUNK
+    s_end = tl.minimum(s_begin + CHUNK, S)
+    cr = tl.arange(0, BLOCK_C)
+    sr = tl.arange(0, BLOCK_S)
+    for c0 in range(0, CPG, BLOCK_C):
+        c = c0 + cr
+        c_ok = c < CPG
+        scale = tl.full([BLOCK_C], 1.0, ACC) * rstd
+        if HAS_W:
+            scale = scale * tl.load(W + g * CPG + c, mask=c_ok, other=0.0).to(ACC)
+        offset = tl.zeros([BLOCK_C], ACC)
+        if HAS_B:
+            offset = tl.load(B + g * CPG + c, mask=c_ok, other=0.0).to(ACC)
+        for s0 in range(s_begin, s_end, BLOCK_S):
+            s = s0 + sr
+            mask = c_ok[:, None] & (s < s_end)[None, :]
+            offs = base + c[:, None] * stride_c + s[None, :] * stride_s
+            x = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
+            y = ((x - shift) - mean) * scale[:, None] + offset[:, None]
+            if HAS_R:
+                y = y + tl.load(R + offs, mask=mask, other=0.0).to(ACC)
+            if RELU:
+                y = tl.where(y < 0.0, 0.0, y)
+            tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------- backward
+#
+# With z = xhat * w + b (+ r), y = relu?(z), dz = dy * [y > 0]:
+#   dw[c] = sum_{n,s} dz * xhat,  db[c] = sum_{n,s} dz,  dr = dz,
+#   dx = rstd * (w * dz - mean_g(w * dz) - xhat * mean_g(w * dz * xhat)).
+# Every group sum is a sum of per-(n, c) sums, so one reduction kernel writes
+# per-(n, c, chunk) sums of dz * xhat and dz; torch folds those tiny arrays
+# into dw, db and the two group coefficients; the apply kernel writes dx.
+
+
+@_tuned
+@triton.jit
+def _gn_bwd_reduce_kernel(
+    X, DY, Y, SHIFT, MEAN, RSTD, P_DZ_XHAT, P_DZ,
+    S, CPG, G, SPLITS, CHUNK, WORK_BUCKET, stride_n, stride_c, stride_s,
+    RELU: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // G
+    g = pid % G
+    shift = tl.load(SHIFT + pid)
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    s_begin = k * CHUNK
+    s_end = tl.minimum(s_begin + CHUNK, S)
+    cr = tl.arange(0, BLOCK_C)
+    sr = tl.arange(0, BLOCK_S)
+    for c0 in range(0, CPG, BLOCK_C):
+        c = c0 + cr
+        c_ok = c < CPG
+        acc_dz_xhat = tl.zeros([BLOCK_C, BLOCK_S], ACC)
+        acc_dz = tl.zeros([BLOCK_C, BLOCK_S], ACC)
+        for s0 in range(s_begin, s_end, BLOCK_S):
+            s = s0 + sr
+            mask = c_ok[:, None] & (s < s_end)[None, :]
+            offs = base + c[:, None] * stride_c + s[None, :] * stride_s
+            dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
+            if RELU:
+                y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
+                dz = tl.where(y > 0.0, dz, 0.0)
+            xhat = ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd
+            acc_dz_xhat += tl.where(mask, dz * xhat, 0.0)
+            acc_dz += dz
+        slot = ((n * G + g) * CPG + c) * SPLITS + k  # == (n * C + channel) * SPLITS + k
+        tl.store(P_DZ_XHAT + slot, tl.sum(acc_dz_xhat, 1), mask=c_ok)
+        tl.store(P_DZ + slot, tl.sum(acc_dz, 1), mask=c_ok)
+
+
+@_tuned
+@triton.jit
+def _gn_bwd_apply_kernel(
+    X, DY, Y, W, SHIFT, MEAN, RSTD, COEF_DZ, COEF_DZ_XHAT, DX, DR,
+    S, CPG, G, SPLITS, CHUNK, WORK_BUCKET, stride_n, stride_c, stride_s,
+    HAS_W: tl.constexpr, RELU: tl.constexpr, HAS_DR: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    k = tl.program_id(1)
+    n = pid // G
+    g = pid % G
+    shift = tl.load(SHIFT + pid)
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    coef_dz = tl.load(COEF_DZ + pid)
+    coef_dz_xhat = tl.load(COEF_DZ_XHAT + pid)
+    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    s_begin = k * CHUNK
+    s_end = tl.minimum(s_begin + CHUNK, S)
+    cr = tl.arange(0, BLOCK_C)
+    sr = tl.arange(0, BLOCK_S)
+    for c0 in range(0, CPG, BLOCK_C):
+        c = c0 + cr
+        c_ok = c < CPG
+        w = tl.full([BLOCK_C], 1.0, ACC)
+        if HAS_W:
+            w = tl.load(W + g * CPG + c, mask=c_ok, other=0.0).to(ACC)
+        for s0 in range(s_begin, s_end, BLOCK_S):
+            s = s0 + sr
+            mask = c_ok[:, None] & (s < s_end)[None, :]
+            offs = base + c[:, None] * stride_c + s[None, :] * stride_s
+            dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
+            if RELU:
+                y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
+                dz = tl.where(y > 0.0, dz, 0.0)
+            xhat = ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd
+            dx = rstd * (w[:, None] * dz - coef_dz - xhat * coef_dz_xhat)
+            tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+            if HAS_DR:
+                tl.store(DR + offs, dz.to(DR.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call is cut into programs."""
+
+    n: int
+    groups: int
+    cpg: int
+    s: int
+    splits: int
+    chunk: int  # spatial positions per program
+    block_c: int
+    single_tile: bool
+
+    @property
+    def work_bucket(self) -> int:
+        """log2 of the elements one program covers: the autotuner's key."""
+        return (self.cpg * self.chunk).bit_length()
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def plan(n: int, groups: int, cpg: int, s: int, device: torch.device, allow_single_tile: bool = True,
+         tuning: Tuning = TUNING) -> Plan:
+    """Split large groups over spatial chunks until about `programs_per_sm` programs per SM exist."""
+    block_c = min(triton.next_power_of_2(cpg), tuning.max_block_c)
+    padded = triton.next_power_of_2(cpg) * triton.next_power_of_2(s)
+    if allow_single_tile and padded <= tuning.single_tile_max:
+        return Plan(n, groups, cpg, s, 1, s, triton.next_power_of_2(cpg), True)
+    wanted = triton.cdiv(tuning.programs_per_sm * _sm_count(device), n * groups)
+    most = max(1, (cpg * s) // tuning.min_chunk)
+    splits = max(1, min(wanted, most))
+    chunk = triton.cdiv(s, splits)
+    splits = triton.cdiv(s, chunk)  # no empty chunks
+    return Plan(n, groups, cpg, s, splits, chunk, block_c, False)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _strides(channels: int, s: int, channels_last: bool):
+    """(sn, sc, ss) of a dense (N, C, S) tensor; strides of size-1 dimensions don't matter."""
+    if channels_last:
+        return channels * s, 1, channels
+    return channels * s, s, 1
+
+
+def forward(x, weight, bias, residual, num_groups, eps, relu, channels_last, y, stats):
+    """Fill y and stats (3, N, G) = (shift, mean - shift, rstd); x, residual and y are dense in one layout.
+
+    The shift (each group's first value) keeps large-mean inputs exact: x - shift is exact
+    where it matters and the mean of the differences is small."""
+    n, channels = x.shape[0], x.shape[1]
+    s = x.numel() // max(n * channels, 1)
+    cpg = channels // num_groups
+    p = plan(n, num_groups, cpg, s, x.device)
+    sn, sc, ss = _strides(channels, s, channels_last)
+    acc = _acc(x.dtype)
+    w = weight if weight is not None else x
+    b = bias if bias is not None else x
+    r = residual if residual is not None else x
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, HAS_R=residual is not None, RELU=relu, ACC=acc)
+    if p.single_tile:
+        warps = 1 if INTERPRETING else (4 if cpg * s <= 2048 else 8)
+        _gn_fwd_single_tile_kernel[(n * num_groups,)](
+            x, y, r, w, b, stats[0], stats[1], stats[2], s, cpg, num_groups, sn, sc, ss, eps,
+            BLOCK_C=triton.next_power_of_2(cpg), BLOCK_S=triton.next_power_of_2(s), num_warps=warps, **flags,
+        )
+        return
+    stat_dtype = stats.dtype
+    parts = torch.empty((3, n * num_groups, p.splits), device=x.device, dtype=stat_dtype)
+    grid = (n * num_groups, p.splits)
+    _gn_fwd_chunk_stats_kernel[grid](
+        x, parts[0], parts[1], parts[2], s, cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss,
+        ACC=acc, BLOCK_C=p.block_c,
+    )
+    _gn_fwd_chunk_apply_kernel[grid](
+        x, y, r, w, b, stats[0], stats[1], stats[2], parts[0], parts[1], parts[2],
+        s, cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss, eps,
+        SPLITS_P2=triton.next_power_of_2(p.splits), BLOCK_C=p.block_c, **flags,
+    )
+
+
+def _backward_grid(x, num_groups, channels_last):
+    n, channels = x.shape[0], x.shape[1]
+    s = x.numel() // max(n * channels, 1)
+    cpg = channels // num_groups
+    p = plan(n, num_groups, cpg, s, x.device, allow_single_tile=False)
+    return p, (n * num_groups, p.splits), _strides(channels, s, channels_last)
+
+
+def backward_sums(dy, x, y, stats, num_groups, relu, channels_last):
+    """Per-(N, C) sums of dz * xhat and of dz, from which dweight, dbias and dx's group terms follow."""
+    n, channels = x.shape[0], x.shape[1]
+    p, grid, (sn, sc, ss) = _backward_grid(x, num_groups, channels_last)
+    sums = torch.empty((2, n, channels, p.splits), device=x.device, dtype=stats.dtype)
+    _gn_bwd_reduce_kernel[grid](
+        x, dy, y if relu else x, stats[0], stats[1], stats[2], sums[0], sums[1],
+        p.s, p.cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss,
+        RELU=relu, ACC=_acc(x.dtype), BLOCK_C=p.block_c,
+    )
+    dz_xhat, dz = sums.sum(-1)
+    return dz_xhat, dz
+
+
+def backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu, channels_last, dx, dres):
+    """Fill dx = rstd * (w * dz - coef_dz - xhat * coef_dz_xhat), and dres = dz when given."""
+    p, grid, (sn, sc, ss) = _backward_grid(x, num_groups, channels_last)
+    _gn_bwd_apply_kernel[grid](
+        x, dy, y if relu else x, weight if weight is not None else x, stats[0], stats[1], stats[2], coef_dz, coef_dz_xhat,
+        dx, dres if dres is not None else dx,
+        p.s, p.cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss,
+        HAS_W=weight is not None, RELU=relu, HAS_DR=dres is not None, ACC=_acc(x.dtype), BLOCK_C=p.block_c,
+    )
