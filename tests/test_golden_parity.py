@@ -32,8 +32,6 @@ def _seeded_weights(golden_dir):
 @pytest.fixture(scope="session")
 def detector_for(golden_dir, tmp_path_factory):
     """tag -> Detector, each architecture built once per session."""
-    import torch
-
     from gnconvert.inference import Detector
     from gnconvert.model import build_network
     from gnconvert.name_mapping import detectron_to_torch
@@ -61,10 +59,59 @@ def detector_for(golden_dir, tmp_path_factory):
             net.load_state_dict(detectron_to_torch(loaded.blobs, arch).torch_state_dict())
             cache.clear()  # one full-size network in memory at a time
             cache[tag] = Detector(net.eval(), arch)
-            torch.set_grad_enabled(False)
         return cache[tag]
 
     return get
+
+
+def _dets(boxes, scores, classes, rles=None):
+    from gnconvert.detections import Detections
+
+    return Detections(
+        boxes=np.array(boxes, np.float32).reshape(-1, 4), scores=np.array(scores, np.float32),
+        classes=np.array(classes, np.int64), image_size=(20, 20), masks_rle=rles,
+    )
+
+
+def test_box_iou_uses_plus_one_sides():
+    iou = parity.box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9], [0, 0, 9, 9], [20, 20, 30, 30]])
+    np.testing.assert_allclose(iou[0], [50 / 150, 1.0, 0.0])
+    # sub-pixel and inverted-by-less-than-a-pixel boxes (as Detectron outputs them) still compare
+    assert parity.box_iou([[3.0, 0, 3.0, 511]], [[3.0, 0, 3.0, 511]])[0, 0] == 1.0
+    assert parity.box_iou([[0.43, 0, 0, 30]], [[0.43, 0, 0, 30]])[0, 0] == 1.0
+
+
+def test_matching_rules():
+    ref = _dets([[0, 0, 9, 9], [10, 10, 19, 19], [0, 0, 19, 19]], [0.9, 0.8, 0.7], [1, 2, 3])
+    same = parity.match_detections(ref, ref, masks=False)
+    assert same.passed and same.pairs == [(0, 0), (1, 1), (2, 2)]
+    # one class differs, one score moved by 2e-3: two of three unmatched, two extra
+    ours = _dets([[0, 0, 9, 9], [10, 10, 19, 19], [0, 0, 19, 19]], [0.9, 0.802, 0.7], [1, 2, 4])
+    m = parity.match_detections(ref, ours, masks=False)
+    assert m.pairs == [(0, 0)] and m.extra == 2 and not m.passed
+    # a box shifted by 0.1 px on a 10 px box: IoU 0.98 < 0.99
+    ours = _dets([[0, 0, 9, 9], [10.1, 10, 19.1, 19], [0, 0, 19, 19]], [0.9, 0.8, 0.7], [1, 2, 3])
+    assert parity.match_detections(ref, ours, masks=False).matched_fraction == pytest.approx(2 / 3)
+
+
+def test_mask_iou_and_report():
+    from pycocotools import mask as mask_util
+
+    a = np.zeros((20, 20), np.uint8)
+    a[2:6, 2:6] = 1
+    b = np.zeros((20, 20), np.uint8)
+    b[2:6, 2:4] = 1
+    enc = lambda m: dict(mask_util.encode(np.asfortranarray(m[:, :, None]))[0])  # noqa: E731
+    assert parity.mask_iou(enc(a), enc(b)) == pytest.approx(0.5)
+    empty = enc(np.zeros((20, 20), np.uint8))
+    assert parity.mask_iou(empty, empty) == 1.0
+    ref = _dets([[2, 2, 5, 5]], [0.9], [1], [enc(a)])
+    ours = _dets([[2, 2, 5, 5]], [0.9], [1], [enc(b)])
+    m = parity.match_detections(ref, ours)
+    assert m.worst_mask_iou == pytest.approx(0.5) and not m.passed  # mask IoU < 0.97 fails
+    report = parity.ParityReport("T", "img.png", m, [parity.StageResult("p2_crop", True, "x")])
+    text = report.format()
+    assert "FAIL" in text and "p2_crop" in text and "mask IoU 0.5000" in text
 
 
 def _case(tag, image):

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Inference speed of the converted R-50-FPN GN model vs torchvision's Mask R-CNN.
+
+CPU (default): one 800x1333 network input (a 480x800 image, scaled by 5/3),
+same process, same thread count; seconds per image for ours (seeded weights,
+so it produces a full 100 detections with masks) and for torchvision's
+maskrcnn_resnet50_fpn (random weights, score threshold 0 so that it too keeps
+100 detections and pastes 100 masks), their ratio (target <= 1.0), our per-stage
+breakdown, and each model's peak RSS (measured in a child process of its own).
+On CUDA (--device cuda): images/s at batch 1 and 8, fp32, for both, and
+Detectron's published 0.146 + 0.017 s/im for the same model.
+
+    python scripts/bench_inference.py [--runs 3] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+DETECTRON_PUBLISHED_S = 0.146 + 0.017  # GN R-50-FPN 2x: inference + mask post-processing, per image (P100)
+
+
+def make_image() -> np.ndarray:
+    rng = np.random.RandomState(0)
+    # smooth random texture: something for the RPN to fire on, deterministic
+    small = rng.randint(0, 256, (30, 50, 3)).astype(np.uint8)
+    import cv2
+
+    return cv2.resize(small, (800, 480), interpolation=cv2.INTER_CUBIC)
+
+
+def ours(device: str):
+    from gnconvert.architecture import gn_r50_fpn
+    from gnconvert.inference import Detector
+    from gnconvert.model import build_network
+    from gnconvert.name_mapping import detectron_to_torch
+    from gnconvert.seeded import seeded_blobs
+
+    arch = gn_r50_fpn()
+    net = build_network(arch)
+    net.load_state_dict(detectron_to_torch(seeded_blobs(arch, seed=1), arch).torch_state_dict())
+    return Detector(net.eval().to(device), arch)
+
+
+def theirs(device: str):
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, box_detections_per_img=100, box_score_thresh=0.0,
+        min_size=800, max_size=1333,
+    )
+    return model.eval().to(device)
+
+
+def to_tv(image: np.ndarray, device: str) -> torch.Tensor:
+    return torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).to(device)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def time_ours(det, image, runs, device):
+    det.predict(image)  # warm-up
+    times, stages = [], []
+    for _ in range(runs):
+        sync(device)
+        t = time.perf_counter()
+        r = det.predict(image)
+        sync(device)
+        times.append(time.perf_counter() - t)
+        stages.append(r.timings)
+    mid = int(np.argsort(times)[len(times) // 2])
+    return statistics.median(times), stages[mid], len(r)
+
+
+@torch.no_grad()
+def time_theirs(model, image, runs, device):
+    x = to_tv(image, device)
+    model([x])
+    times = []
+    for _ in range(runs):
+        sync(device)
+        t = time.perf_counter()
+        out = model([x])
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), len(out[0]["boxes"])
+
+
+def _peak_rss_child(which, device, queue):
+    torch.set_num_threads(queue.get())
+    image = make_image()
+    with torch.no_grad():
+        if which == "ours":
+            ours(device).predict(image)
+        else:
+            m = theirs(device)
+            m([to_tv(image, device)])
+    queue.put(_high_water_mb())
+
+
+def _high_water_mb() -> float:
+    """This process's peak RSS.  VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    fork + exec, so a child would report at least its parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_rss_mb(which: str, device: str) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    q.put(torch.get_num_threads())
+    p = ctx.Process(target=_peak_rss_child, args=(which, device, q))
+    p.start()
+    p.join()
+    return q.get()
+
+
+@torch.no_grad()
+def images_per_second(fn, batch, runs, device):
+    fn(batch)
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(runs):
+        fn(batch)
+    sync(device)
+    return runs * len(batch) / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    args = ap.parse_args()
+    device = args.device
+    image = make_image()
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, image 480x800 -> input 800x1333")
+
+    det = ours(device)
+    t_ours, stages, n_ours = time_ours(det, image, args.runs, device)
+    tv = theirs(device)
+    t_tv, n_tv = time_theirs(tv, image, args.runs, device)
+    print(f"ours (Detectron GN R-50-FPN)      : {t_ours:.3f} s/image ({n_ours} detections)")
+    print(f"torchvision maskrcnn_resnet50_fpn : {t_tv:.3f} s/image ({n_tv} detections)")
+    print(f"ratio ours / torchvision          : {t_ours / t_tv:.2f}  (target <= 1.0)")
+    print("our stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in stages.items()))
+    if not args.no_rss:
+        print(f"peak RSS: ours {peak_rss_mb('ours', device):.0f} MB, torchvision {peak_rss_mb('theirs', device):.0f} MB")
+
+    if device == "cuda":
+        for bs in (1, 8):
+            batch = [image] * bs
+            ips_ours = images_per_second(lambda b: det.predict_batch(b), batch, args.runs, device)
+            xs = [to_tv(im, device) for im in batch]
+            ips_tv = images_per_second(lambda b: tv(xs), batch, args.runs, device)
+            print(f"batch {bs}: ours {ips_ours:.2f} im/s, torchvision {ips_tv:.2f} im/s, ratio {ips_ours / ips_tv:.2f}; "
+                  f"Detectron published {1 / DETECTRON_PUBLISHED_S:.2f} im/s")
+
+
+if __name__ == "__main__":
+    main()
