@@ -1,0 +1,33 @@
+"""`gnconvert export SOURCE --to torchscript|onnx|safetensors|detectron -o OUT`."""
+from __future__ import annotations
+
+import click
+
+from ..export import TARGETS
+
+
+@click.command("export")
+@click.argument("source")
+@click.option("--to", "target", required=True, type=click.Choice(TARGETS),
+              help="Artifact kind: torchscript (whole pipeline), onnx (network parts), safetensors, detectron (.pkl).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="File to write (onnx also writes OUT's .box_head.onnx and .mask_head.onnx siblings).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Detectron YAML config for a .pkl that embeds none.")
+@click.option("--no-verify", is_flag=True, help="Skip running the artifact on the bundled image after writing it.")
+def command(source: str, target: str, output: str, config_path, no_verify: bool) -> None:
+    """Export SOURCE (a model id, a Detectron .pkl or a converted file) to OUT.
+
+    The artifact is written under a temporary name, loaded with its own runtime,
+    run on the bundled image and compared with the in-process model; only if it
+    matches is it renamed to OUT.  The largest differences are printed.
+    """
+    from ..export import export, output_paths
+    from ..sources import load_source
+
+    output_paths(target, output)  # an unwritable OUT fails before the model is loaded
+    ckpt = load_source(source, config_path=config_path)
+    result = export(ckpt, target, output, verify=not no_verify)
+    click.echo(f"wrote {', '.join(result.paths)} in {result.export_seconds:.1f}s")
+    if result.report is not None:
+        click.echo(result.report.format())

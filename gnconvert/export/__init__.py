@@ -1,0 +1,81 @@
+"""Artifacts that reproduce a converted model outside gnconvert, each verified before it appears.
+
+    from gnconvert.export import export
+    result = export(load_source("model.pkl"), "torchscript", "model.pt")
+    print(result.report.format())
+
+Targets (one module each, with `outputs`, `write`, `verify`):
+- torchscript: the whole Detectron test pipeline, BGR uint8 image in, detections out;
+- onnx: body + FPN + RPN head, box head, mask head (three files, opset 17);
+- safetensors: the weights under our names with the JSON metadata header;
+- detectron: a Detectron `.pkl` (same blob names, shapes, cfg text).
+
+Every file is written under a temporary name in the output's folder, checked
+(`verify`), and only then renamed into place: a failed write or a failed check
+leaves nothing behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ..errors import ParityError, UsageError
+from .common import BUNDLED_IMAGE, check_output, loaded_network, writing
+from .verify import VerifyReport
+
+TARGETS = ("torchscript", "onnx", "safetensors", "detectron")
+
+
+@dataclass
+class ExportResult:
+    target: str
+    paths: List[str]
+    export_seconds: float
+    report: Optional[VerifyReport]
+    verify_seconds: float
+
+
+def target_module(target: str):
+    if target not in TARGETS:
+        raise UsageError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
+    return importlib.import_module(f"{__name__}.{target}")
+
+
+def output_paths(target: str, output) -> List[str]:
+    """The files `target` writes for `-o output`, each checked to be writable."""
+    module = target_module(target)
+    paths = module.outputs(output) if hasattr(module, "outputs") else [os.fspath(output)]
+    return [check_output(p) for p in paths]
+
+
+def export(ckpt, target: str, output, verify: bool = True, reference=None, image=BUNDLED_IMAGE,
+           network=None) -> ExportResult:
+    """Write `ckpt` as `target` to `output` (plus siblings for onnx), verified unless verify=False.
+
+    reference: the in-process `Detector`'s Detections on `image`, if already computed.
+    Raises ParityError (and writes nothing) when the artifact does not reproduce the model.
+    """
+    module = target_module(target)
+    if target == "onnx":
+        module.require_onnx()
+    paths = output_paths(target, output)
+    network = loaded_network(ckpt) if network is None else network
+    report, verify_seconds = None, 0.0
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(writing(p)) for p in paths]
+        t0 = time.perf_counter()
+        module.write(ckpt, temps, network)
+        export_seconds = time.perf_counter() - t0
+        if verify:
+            t0 = time.perf_counter()
+            report = module.verify(ckpt, temps, network, reference, image)
+            verify_seconds = time.perf_counter() - t0
+            report.artifact = ", ".join(paths)
+            if not report.passed:
+                raise ParityError(f"the exported {target} artifact does not reproduce the model, so nothing was "
+                                  f"written: {'; '.join(report.format().splitlines()[1:])}")
+    return ExportResult(target, paths, export_seconds, report, verify_seconds)

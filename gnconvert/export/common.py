@@ -1,0 +1,51 @@
+"""What every exporter needs: the loaded network, the bundled check image, safe output paths."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ..converted import ConvertedCheckpoint
+from ..errors import GnconvertError, UsageError
+
+BUNDLED_IMAGE = Path(__file__).resolve().parents[1] / "data" / "selftest" / "images" / "chelsea.png"
+
+
+def loaded_network(ckpt: ConvertedCheckpoint):
+    """`build_network(arch)` with the checkpoint's weights, in eval mode."""
+    from ..model import build_network
+
+    if ckpt.arch.kind != "mask_rcnn":
+        raise UsageError(f"export handles Mask R-CNN checkpoints; this one is an ImageNet {ckpt.arch.kind}")
+    network = build_network(ckpt.arch)
+    network.load_state_dict(ckpt.torch_state_dict())
+    return network.eval()
+
+
+def check_output(path) -> str:
+    """Fail early, before any heavy work, when `path` cannot be written."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"output {path} is a folder; pass a file name, e.g. {os.path.join(path, 'model.pt')}")
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: no write permission in {folder}; choose another output folder")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write {path}: the file exists and is read-only; remove it or choose another name")
+    return path
+
+
+@contextlib.contextmanager
+def writing(path) -> Iterator[str]:
+    """A temporary name in `path`'s folder that becomes `path` only if the block succeeds."""
+    from ..atomic import atomic_path
+
+    path = check_output(path)
+    try:
+        with atomic_path(path) as tmp:
+            yield tmp
+    except OSError as e:
+        raise GnconvertError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None

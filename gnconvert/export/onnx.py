@@ -1,0 +1,172 @@
+"""`--to onnx` (opset 17): the network's three learned parts, each checked with onnxruntime.
+
+Written (for `-o model.onnx`):
+- `model.onnx`: body + FPN + RPN head.  Input `images` (N, 3, H, W) float32, the
+  mean-subtracted, resized, zero-padded BGR blob (H, W multiples of 32, any size);
+  outputs `p2`..`p6`, `rpn_logits_2`..`_6` (objectness logits, no sigmoid) and
+  `rpn_deltas_2`..`_6` (channel 4a+k).
+- `model.box_head.onnx`: box head + predictor.  Input `roi_features` (R, 256, 7, 7);
+  outputs `cls_score` (R, 81) logits and `bbox_pred` (R, 324).
+- `model.mask_head.onnx`: input `roi_features` (R, 256, 14, 14); output `mask_logits`
+  (R, 81, 28, 28).
+
+The steps between them stay outside ONNX on purpose: Detectron's proposals and
+detections depend on its NMS ("+1" box sides, suppression at IoU >= threshold,
+numpy's tie order) and its OpenCV resize and paste, which ONNX's NonMaxSuppression
+(IoU > threshold, no "+1") and Resize cannot reproduce; an ONNX graph would give
+different detections.  Use the TorchScript export for the whole pipeline, or run
+these parts and port `gnconvert.inference` around them.  Each file's
+metadata_props hold the architecture, test settings, provenance and its part.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Tuple
+
+from torch import Tensor, nn
+
+from ..converted import ConvertedCheckpoint
+from ..detections import Detections
+from ..errors import UsageError
+from .common import BUNDLED_IMAGE, loaded_network
+from .verify import TOLERANCES, VerifyReport, compare_arrays
+
+OPSET = 17
+LEVELS = (2, 3, 4, 5, 6)
+IMAGE_OUTPUTS = [f"p{k}" for k in LEVELS] + [f"rpn_logits_{k}" for k in LEVELS] + [f"rpn_deltas_{k}" for k in LEVELS]
+
+
+class _ImageLevel(nn.Module):
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+        features, logits, deltas = self.network(images)
+        return tuple(features) + tuple(logits) + tuple(deltas)
+
+
+class _BoxHead(nn.Module):
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.box_head, self.box_predictor = network.box_head, network.box_predictor
+
+    def forward(self, roi_features: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.box_predictor(self.box_head(roi_features))
+
+
+def outputs(output) -> List[str]:
+    """OUT itself (body + FPN + RPN head) and two siblings named after it (box head, mask head)."""
+    output = os.fspath(output)
+    stem = output[: -len(".onnx")] if output.endswith(".onnx") else output
+    return [output, f"{stem}.box_head.onnx", f"{stem}.mask_head.onnx"]
+
+
+def require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"--to onnx needs the onnx and onnxruntime packages ({e.name} is missing); "
+                         "install them with: pip install 'gnconvert[onnx]'") from None
+
+
+def _parts(network: nn.Module, arch) -> Dict[str, Tuple[nn.Module, Tensor, List[str], List[str], Dict]]:
+    import torch
+
+    c = arch.fpn_dim
+    image_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
+    image_axes.update({name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in IMAGE_OUTPUTS})
+    return {
+        "image_level": (_ImageLevel(network), torch.zeros(1, 3, 128, 192), ["images"], IMAGE_OUTPUTS, image_axes),
+        "box_head": (_BoxHead(network), torch.zeros(2, c, arch.box_roi_resolution, arch.box_roi_resolution),
+                     ["roi_features"], ["cls_score", "bbox_pred"],
+                     {"roi_features": {0: "rois"}, "cls_score": {0: "rois"}, "bbox_pred": {0: "rois"}}),
+        "mask_head": (network.mask_head, torch.zeros(2, c, arch.mask_roi_resolution, arch.mask_roi_resolution),
+                      ["roi_features"], ["mask_logits"], {"roi_features": {0: "rois"}, "mask_logits": {0: "rois"}}),
+    }
+
+
+def _metadata(ckpt: ConvertedCheckpoint, part: str) -> Dict[str, str]:
+    from .. import __version__
+
+    arch = ckpt.arch.to_dict()
+    return {
+        "gnconvert_part": part,
+        "architecture": json.dumps(arch),
+        "test_settings": json.dumps(arch["test"]),
+        "provenance": json.dumps({**ckpt.provenance, "exported_by": f"gnconvert {__version__}"}),
+    }
+
+
+def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
+    """Export the three parts to paths (as `outputs` orders them), with metadata."""
+    import onnx
+    import torch
+
+    require_onnx()
+    network = loaded_network(ckpt) if network is None else network
+    for path, (part, (module, example, inputs, names, axes)) in zip(paths, _parts(network, ckpt.arch).items()):
+        with torch.no_grad():
+            torch.onnx.export(module.eval(), (example,), path, opset_version=OPSET, dynamo=False,
+                              input_names=inputs, output_names=names, dynamic_axes=axes)
+        model = onnx.load(path)
+        for key, value in _metadata(ckpt, part).items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(model)
+        onnx.save(model, path)
+
+
+def _check_inputs(network, arch, image) -> Tuple[Tensor, Tensor, Tensor]:
+    """A smaller blob of `image` (short side 320) and RoI features pooled from its FPN maps."""
+    import numpy as np
+    import torch
+
+    from ..inference import roi_levels
+    from ..inference.preprocess import load_image, prepare
+
+    blob = prepare(load_image(image), arch.pixel_means, 320, 533, arch.coarsest_stride)
+    with torch.no_grad():
+        features = network.features(blob.data)[: arch.roi_max_level - arch.rpn_min_level + 1]
+    h, w = blob.data.shape[2:]
+    rng = np.random.RandomState(0)
+    xy = rng.uniform(0, 1, (16, 2)) * [w * 0.8, h * 0.8]
+    size = np.exp(rng.uniform(np.log(8), np.log(min(h, w) * 0.8), (16, 2)))
+    rois = torch.from_numpy(np.hstack([xy, xy + size]).astype(np.float32))
+    levels = roi_levels.assign_levels(rois, arch.roi_min_level, arch.roi_max_level, arch.roi_canonical_scale,
+                                      arch.roi_canonical_level)
+
+    def pool(res: int, ratio: int) -> Tensor:
+        return roi_levels.multilevel_roi_align(features, rois, levels, arch.roi_min_level, res, ratio)
+
+    with torch.no_grad():
+        return blob.data, pool(arch.box_roi_resolution, arch.box_sampling_ratio), pool(
+            arch.mask_roi_resolution, arch.mask_sampling_ratio)
+
+
+def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
+           reference: Optional[Detections] = None, image=BUNDLED_IMAGE) -> VerifyReport:
+    """Run each file with onnxruntime on inputs made from `image`; compare with PyTorch.
+
+    Differences are max |onnx - torch| / max(1, max |torch|) per output.
+    """
+    import onnxruntime as ort
+    import torch
+
+    network = loaded_network(ckpt) if network is None else network
+    parts = _parts(network, ckpt.arch)
+    images, box_features, mask_features = _check_inputs(network, ckpt.arch, image)
+    inputs = {"image_level": images, "box_head": box_features, "mask_head": mask_features}
+    name = getattr(image, "name", "image")
+    report = VerifyReport("onnx", ", ".join(paths), f"{name} at short side 320 and 16 RoIs pooled from it")
+    for (part, path) in zip(("image_level", "box_head", "mask_head"), paths):
+        module, _, _, output_names, _ = parts[part]
+        with torch.no_grad():
+            expected = module(inputs[part])
+        expected = [expected] if isinstance(expected, Tensor) else list(expected)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        got = session.run(output_names, {session.get_inputs()[0].name: inputs[part].numpy()})
+        for out_name, g, e in zip(output_names, got, expected):
+            compare_arrays(report, f"{part}.{out_name}", g, e.numpy(), TOLERANCES["onnx"])
+    return report
