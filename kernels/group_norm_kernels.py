@@ -24,6 +24,7 @@ inputs and outputs keep their dtype.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -42,10 +43,11 @@ class Tuning:
     max_block_c: int  # channels per tile
     min_chunk: int  # elements per program before splitting further is not worth it
     programs_per_sm: int
+    chunk_multiple: int  # spatial chunks start at multiples of this, so Triton can prove 16-byte alignment
 
 
-GPU_TUNING = Tuning(single_tile_max=8192, max_block_c=64, min_chunk=8192, programs_per_sm=4)
-INTERPRETER_TUNING = Tuning(single_tile_max=256, max_block_c=4, min_chunk=64, programs_per_sm=16)
+GPU_TUNING = Tuning(single_tile_max=8192, max_block_c=64, min_chunk=2048, programs_per_sm=4, chunk_multiple=64)
+INTERPRETER_TUNING = Tuning(single_tile_max=256, max_block_c=4, min_chunk=64, programs_per_sm=16, chunk_multiple=1)
 TUNING = INTERPRETER_TUNING if INTERPRETING else GPU_TUNING
 
 
@@ -332,23 +334,29 @@ class Plan:
         return (self.cpg * self.chunk).bit_length()
 
 
+@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 1
 
 
+@functools.lru_cache(maxsize=4096)
 def plan(n: int, groups: int, cpg: int, s: int, device: torch.device, allow_single_tile: bool = True,
          tuning: Tuning = TUNING) -> Plan:
-    """Split large groups over spatial chunks until about `programs_per_sm` programs per SM exist."""
+    """One program per group where groups are small and many; otherwise split each group over
+    spatial chunks until about `programs_per_sm` programs per SM exist (batch 1 has only 32 groups)."""
     block_c = min(triton.next_power_of_2(cpg), tuning.max_block_c)
     padded = triton.next_power_of_2(cpg) * triton.next_power_of_2(s)
-    if allow_single_tile and padded <= tuning.single_tile_max:
+    few_groups = n * groups < _sm_count(device) and cpg * s >= 2 * tuning.min_chunk
+    if allow_single_tile and padded <= tuning.single_tile_max and not few_groups:
         return Plan(n, groups, cpg, s, 1, s, triton.next_power_of_2(cpg), True)
     wanted = triton.cdiv(tuning.programs_per_sm * _sm_count(device), n * groups)
     most = max(1, (cpg * s) // tuning.min_chunk)
     splits = max(1, min(wanted, most))
     chunk = triton.cdiv(s, splits)
+    if splits > 1:
+        chunk = triton.cdiv(chunk, tuning.chunk_multiple) * tuning.chunk_multiple
     splits = triton.cdiv(s, chunk)  # no empty chunks
     return Plan(n, groups, cpg, s, splits, chunk, block_c, False)
 

@@ -115,6 +115,9 @@ def test_both_forward_paths_agree_with_reference(shape, groups, channels_last):
     w, b = params(shape[1], torch.float32)
     y = group_norm(x, groups, w, b, residual=torch.ones_like(x), relu=True)
     torch.testing.assert_close(y.double(), reference(x, groups, w, b, residual=torch.ones_like(x), relu=True), **TOL[torch.float32])
+    # The eager fast path and the registered op run the same kernels.
+    y_op, _ = torch.ops.gnconvert.group_norm(x, w, b, torch.ones_like(x), groups, 1e-5, True)
+    torch.testing.assert_close(y_op, y, rtol=0, atol=0)
 
 
 def test_split_path_is_reached_and_splits():
