@@ -65,10 +65,20 @@ def _block_s(args):
     return max(args["TILE"] // args["BLOCK_C"], 1)
 
 
+def _quick_bench(kernel_call, quantiles):
+    """Short timings for the autotuner: ~70 call sites must not cost a minute on the first image."""
+    from triton.testing import do_bench
+
+    return do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
 def _tuned(fn):
     """Autotune the tile size per (work per program rounded to a power of two, channels per group),
-    so that a new image size reuses the tuning of a similar one instead of benchmarking again."""
-    return triton.autotune(configs=_tile_configs(), key=["WORK_BUCKET", "CPG", "BLOCK_C"])(
+    so that a new image size reuses the tuning of a similar one instead of benchmarking again;
+    results are kept in Triton's on-disk cache for the next process."""
+    return triton.autotune(
+        configs=_tile_configs(), key=["WORK_BUCKET", "CPG", "BLOCK_C"], do_bench=_quick_bench, cache_results=True
+    )(
         triton.heuristics({"BLOCK_S": _block_s})(fn)
     )
 
