@@ -14,6 +14,10 @@ fails for want of Triton.  Importing this module never imports Triton.
 
 `is_available(device)` says whether the model should call it: CUDA, a working
 Triton, and not switched off with GNCONVERT_GN_KERNEL=torch.
+
+Eager calls that need no autograd skip the dispatcher and call the same
+implementation directly; autograd, torch.compile, export and fake tensors go
+through the op.  Backward is first-order only.
 """
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def path_of(x, num_groups):
 SPATIAL = st.sampled_from([(), (1,), (7,), (13,), (1, 1), (1, 5), (3, 3), (5, 7), (7, 7), (4, 17), (9, 11), (19, 5)])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     n=st.integers(1, 2),
     groups=st.integers(1, 3),
@@ -200,7 +200,7 @@ def float64_grads(x, groups, w, b, r, relu, grad):
     return [t.grad if t is not None else None for t in leaves]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     n=st.integers(1, 2),
     groups=st.integers(1, 3),
