@@ -236,6 +236,18 @@ def test_backward_matches_float64_autograd(n, groups, cpg, spatial, dtype, chann
         torch.testing.assert_close(got.grad.double(), want, **tol)
 
 
+@pytest.mark.parametrize("shape,groups", [((2, 8, 6, 5), 4), ((1, 16, 11, 13), 2)])
+def test_backward_with_large_mean_tiny_variance(shape, groups):
+    """xhat in the backward pass uses the same shift as the forward: gradients stay exact too."""
+    x = make_input(*shape[:2], shape[2:], torch.float32, scale=1e-2, offset=1e4).requires_grad_()
+    w, b = (p.requires_grad_() for p in params(shape[1], torch.float32))
+    grad = make_input(*shape[:2], shape[2:], torch.float32, seed=3, offset=0.0, scale=1.0)
+    group_norm(x, groups, w, b, relu=True).backward(grad)
+    for got, want in zip((x, w, b), float64_grads(x, groups, w, b, None, True, grad)):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got.grad.double(), want, rtol=0, atol=1e-3 * scale)
+
+
 @pytest.mark.parametrize("shape,groups", [((2, 4, 3, 3), 2), ((1, 8, 5, 7), 2)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_gradcheck_float64(shape, groups, relu):
