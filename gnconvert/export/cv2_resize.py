@@ -42,9 +42,9 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return (a.to(torch.float64) * b.to(torch.float64) + c.to(torch.float64)).to(torch.float32)
 
 
-def _taps(dst: int, src: int, scale: float, extrapolate: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _taps(dst: int, src: int, scale: float, extrapolate: bool, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
     """First source index, second source index and float32 weight of each output pixel."""
-    pos = (torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5
+    pos = (torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * scale - 0.5
     first = torch.floor(pos)
     weight = pos - first
     index = first.to(torch.int64)
@@ -62,8 +62,8 @@ def _taps(dst: int, src: int, scale: float, extrapolate: bool) -> Tuple[Tensor, 
 
 def _resize(x: Tensor, out_h: int, out_w: int, scale_y: float, scale_x: float, extrapolate: bool) -> Tensor:
     in_h, in_w = x.shape[-2], x.shape[-1]
-    x0, x1, wx = _taps(out_w, in_w, scale_x, extrapolate)
-    y0, y1, wy = _taps(out_h, in_h, scale_y, extrapolate)
+    x0, x1, wx = _taps(out_w, in_w, scale_x, extrapolate, x.device)
+    y0, y1, wy = _taps(out_h, in_h, scale_y, extrapolate, x.device)
     left = x[:, :, x0]
     rows = _fma(x[:, :, x1] - left, wx, left)
     top = rows[:, y0, :]

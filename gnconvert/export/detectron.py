@@ -14,7 +14,7 @@ from typing import List, Optional
 from ..converted import ConvertedCheckpoint
 from ..detections import Detections
 from .common import BUNDLED_IMAGE
-from .verify import VerifyReport
+from .verify import image_name, VerifyReport
 from .weights_check import check_weights, run_loaded
 
 
@@ -31,7 +31,7 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
     from ..name_mapping import detectron_to_torch, mapping_rules
     from ..pickle_reader import read_detectron_pickle
 
-    report = VerifyReport("detectron", paths[0], f"{getattr(image, 'name', 'image')} (weights + whole pipeline)")
+    report = VerifyReport("detectron", paths[0], f"{image_name(image)} (weights + whole pipeline)")
     pickle = read_detectron_pickle(paths[0])
     if pickle.cfg_text != ckpt.cfg_text:
         report.problems.append("the cfg text read back differs from the checkpoint's")

@@ -30,7 +30,7 @@ from ..converted import ConvertedCheckpoint
 from ..detections import Detections
 from ..errors import UsageError
 from .common import BUNDLED_IMAGE, loaded_network
-from .verify import TOLERANCES, VerifyReport, compare_arrays
+from .verify import image_name, TOLERANCES, VerifyReport, compare_arrays
 
 OPSET = 17
 LEVELS = (2, 3, 4, 5, 6)
@@ -158,7 +158,7 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
     parts = _parts(network, ckpt.arch)
     images, box_features, mask_features = _check_inputs(network, ckpt.arch, image)
     inputs = {"image_level": images, "box_head": box_features, "mask_head": mask_features}
-    name = getattr(image, "name", "image")
+    name = image_name(image)
     report = VerifyReport("onnx", ", ".join(paths), f"{name} at short side 320 and 16 RoIs pooled from it")
     for (part, path) in zip(("image_level", "box_head", "mask_head"), paths):
         module, _, _, output_names, _ = parts[part]

@@ -14,7 +14,7 @@ from ..architecture import Architecture
 from ..converted import ConvertedCheckpoint
 from ..detections import Detections
 from .common import BUNDLED_IMAGE
-from .verify import VerifyReport
+from .verify import image_name, VerifyReport
 from .weights_check import check_weights, run_loaded
 
 
@@ -31,7 +31,7 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
     """Read the file back with `safetensors` alone (not gnconvert's loader) and run it."""
     from safetensors import safe_open
 
-    report = VerifyReport("safetensors", paths[0], f"{getattr(image, 'name', 'image')} (weights + whole pipeline)")
+    report = VerifyReport("safetensors", paths[0], f"{image_name(image)} (weights + whole pipeline)")
     with safe_open(paths[0], framework="numpy") as f:
         record = json.loads((f.metadata() or {}).get("gnconvert", "null") or "null")
         loaded = {name: f.get_tensor(name) for name in f.keys()}

@@ -14,12 +14,14 @@ provenance of the weights, the input/output contract and Detectron's cfg text.
 from __future__ import annotations
 
 import json
+
+import numpy as np
 from typing import Dict, List, Optional
 
 from ..converted import ConvertedCheckpoint
 from ..detections import Detections
 from .common import BUNDLED_IMAGE, loaded_network
-from .verify import VerifyReport, compare_detections, reference_detections
+from .verify import image_name, VerifyReport, compare_detections, reference_detections
 
 INPUT = "(H, W, 3) uint8 BGR image tensor, as cv2.imread gives it"
 
@@ -58,7 +60,7 @@ def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
     torch.jit.save(script(ckpt, network), paths[0], _extra_files=extra_files(ckpt))
 
 
-def run_archive(path, image_bgr) -> Dict[str, "object"]:
+def run_archive(path, image_bgr) -> Dict[str, np.ndarray]:
     """Load an archive with torch.jit alone and run it on one BGR uint8 array -> numpy outputs."""
     import torch
     import torchvision  # noqa: F401  (registers torchvision::roi_align for the archive)
@@ -79,6 +81,6 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
     if reference is None:
         reference = reference_detections(network, ckpt.arch, im)
     out = run_archive(paths[0], im)
-    report = VerifyReport("torchscript", paths[0], f"{getattr(image, 'name', 'image')} (whole pipeline)")
+    report = VerifyReport("torchscript", paths[0], f"{image_name(image)} (whole pipeline)")
     return compare_detections(report, reference, out["boxes"], out["scores"], out["classes"], out["mask_probs"],
                               out["masks"])

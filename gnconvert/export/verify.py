@@ -49,6 +49,15 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+def image_name(image) -> str:
+    """A short name for the checked image (a path's file name, else its shape)."""
+    import os
+
+    if isinstance(image, (str, os.PathLike)):
+        return os.path.basename(os.fspath(image))
+    return "image " + "x".join(str(d) for d in np.shape(image))
+
+
 def reference_detections(network, arch, image) -> Detections:
     """The in-process `Detector`'s detections, with dense masks, for comparison."""
     import torch
