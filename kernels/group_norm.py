@@ -212,18 +212,19 @@ def _group_norm_backward_op(
     weight = None if weight is None else weight.contiguous()
     n, channels = x.shape[:2]
     group_size = x.numel() // max(n * num_groups, 1)
-    use_triton = x.numel() > 0 and _triton_runs_on(x.device)
-    k = _kernels() if use_triton else None
-    if use_triton:
-        dz_xhat, dz = k.backward_sums(dy, x, y, stats, num_groups, relu, channels_last)
-    else:
-        dz_xhat, dz = _reference_backward_sums(dy, x, y, stats, num_groups, relu)
-    coef_dz, coef_dz_xhat = _group_coefficients(dz_xhat, dz, weight, num_groups, group_size)
-    if use_triton:
+    if x.numel() > 0 and _triton_runs_on(x.device):
+        k = _kernels()
         dx = torch.empty_like(x, memory_format=_memory_format(channels_last))
         dres = torch.empty_like(dx) if residual_grad else None
-        k.backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu, channels_last, dx, dres)
+        sums = k.backward_small_groups(dy, x, y, weight, stats, num_groups, relu, channels_last, dx, dres)
+        if sums is None:
+            sums = k.backward_sums(dy, x, y, stats, num_groups, relu, channels_last)
+            coefs = _group_coefficients(*sums, weight, num_groups, group_size)
+            k.backward_apply(dy, x, y, weight, stats, *coefs, num_groups, relu, channels_last, dx, dres)
+        dz_xhat, dz = sums
     else:
+        dz_xhat, dz = _reference_backward_sums(dy, x, y, stats, num_groups, relu)
+        coef_dz, coef_dz_xhat = _group_coefficients(dz_xhat, dz, weight, num_groups, group_size)
         dx, dres = _reference_backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu)
         dx = dx.to(x.dtype)
         dres = dres.to(x.dtype) if residual_grad else None

@@ -322,6 +322,49 @@ def _gn_bwd_apply_kernel(
                 tl.store(DR + offs, dz.to(DR.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _gn_bwd_single_tile_kernel(
+    X, DY, Y, W, SHIFT, MEAN, RSTD, SUM_DZ_XHAT, SUM_DZ, DX, DR,
+    S, CPG, G, stride_n, stride_c, stride_s,
+    HAS_W: tl.constexpr, RELU: tl.constexpr, HAS_DR: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Small groups: the whole backward of one group in one program, one read of x, dy (and y)."""
+    pid = tl.program_id(0)
+    n = pid // G
+    g = pid % G
+    shift = tl.load(SHIFT + pid)
+    mean = tl.load(MEAN + pid)
+    rstd = tl.load(RSTD + pid)
+    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    c = tl.arange(0, BLOCK_C)
+    s = tl.arange(0, BLOCK_S)
+    c_ok = c < CPG
+    mask = c_ok[:, None] & (s < S)[None, :]
+    offs = base + c[:, None] * stride_c + s[None, :] * stride_s
+
+    dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
+    if RELU:
+        y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
+        dz = tl.where(y > 0.0, dz, 0.0)
+    xhat = tl.where(mask, ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd, 0.0)
+    sum_dz_xhat = tl.sum(dz * xhat, 1)
+    sum_dz = tl.sum(dz, 1)
+    tl.store(SUM_DZ_XHAT + pid * CPG + c, sum_dz_xhat, mask=c_ok)  # == n * C + channel
+    tl.store(SUM_DZ + pid * CPG + c, sum_dz, mask=c_ok)
+
+    w = tl.where(c_ok, 1.0, 0.0).to(ACC)
+    if HAS_W:
+        w = tl.load(W + g * CPG + c, mask=c_ok, other=0.0).to(ACC)
+    count = tl.sum(mask.to(ACC))
+    coef_dz = tl.sum(w * sum_dz) / count
+    coef_dz_xhat = tl.sum(w * sum_dz_xhat) / count
+    dx = rstd * (w[:, None] * dz - coef_dz - xhat * coef_dz_xhat)
+    tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+    if HAS_DR:
+        tl.store(DR + offs, dz.to(DR.dtype.element_ty), mask=mask)
+
+
 # --------------------------------------------------------------------------- launchers
 
 
@@ -416,6 +459,28 @@ def forward(x, weight, bias, residual, num_groups, eps, relu, channels_last, y, 
         s, cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss, eps,
         SPLITS_P2=triton.next_power_of_2(p.splits), BLOCK_C=p.block_c, **flags,
     )
+
+
+def backward_small_groups(dy, x, y, weight, stats, num_groups, relu, channels_last, dx, dres):
+    """One-kernel backward where a group fits one tile: fill dx (and dres) and return the per-(N, C)
+    sums of dz * xhat and dz; None where groups are too large (then use backward_sums / backward_apply)."""
+    n, channels = x.shape[0], x.shape[1]
+    s = x.numel() // max(n * channels, 1)
+    cpg = channels // num_groups
+    p = plan(n, num_groups, cpg, s, x.device)
+    padded = triton.next_power_of_2(cpg) * triton.next_power_of_2(s)
+    if not p.single_tile or padded > TUNING.single_tile_max // 2:  # x, dy, y and dx live in registers at once
+        return None
+    sn, sc, ss = _strides(channels, s, channels_last)
+    sums = torch.empty((2, n, channels), device=x.device, dtype=stats.dtype)
+    warps = 1 if INTERPRETING else (4 if padded <= 1024 else 8)
+    _gn_bwd_single_tile_kernel[(n * num_groups,)](
+        x, dy, y if relu else x, weight if weight is not None else x, stats[0], stats[1], stats[2],
+        sums[0], sums[1], dx, dres if dres is not None else dx, s, cpg, num_groups, sn, sc, ss,
+        HAS_W=weight is not None, RELU=relu, HAS_DR=dres is not None, ACC=_acc(x.dtype),
+        BLOCK_C=triton.next_power_of_2(cpg), BLOCK_S=triton.next_power_of_2(s), num_warps=warps,
+    )
+    return sums[0], sums[1]
 
 
 def _backward_grid(x, num_groups, channels_last):

@@ -129,6 +129,18 @@ def test_split_path_is_reached_and_splits():
     assert not split.single_tile and split.splits > 1 and split.block_c < split.cpg
 
 
+@pytest.mark.parametrize("shape,groups,one_kernel", [((2, 4, 3, 3), 2, True), ((1, 8, 5, 7), 2, False)])
+def test_both_backward_paths_are_reached(shape, groups, one_kernel):
+    """The gradcheck shapes cover the one-kernel backward of small groups and the two-kernel one."""
+    if DEVICE.type == "cuda":
+        pytest.skip("interpreter tuning only")
+    x = make_input(shape[0], shape[1], shape[2:], torch.float64)
+    y, stats = gn_module._group_norm_forward(x, None, None, None, groups, 1e-5, False)
+    dx = torch.empty_like(x)
+    sums = K.backward_small_groups(torch.ones_like(x), x, None, None, stats, groups, False, False, dx, None)
+    assert (sums is not None) == one_kernel
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_gpu_plan_fills_an_h100_and_keeps_chunks_aligned(monkeypatch, batch):
     """At batch 1 the body has only 32 groups: the split must give every one of 132 SMs work,
@@ -422,6 +434,7 @@ for DT, acc in (("fp32", tl.float32), ("bf16", tl.float32), ("fp64", tl.float64)
         if DT == "fp32":
             print("vector-loads", stats.count("ld.global.v4"), apply.count("ld.global.v4"), apply.count("st.global.v4"))
     build(K._gn_fwd_chunk_apply_kernel, dict(flags, BLOCK_C=8, BLOCK_S=512, TILE=4096, SPLITS_P2=16, stride_c=1), 8, ())
+    build(K._gn_bwd_single_tile_kernel, dict(HAS_W=True, RELU=True, HAS_DR=True, ACC=acc, BLOCK_C=8, BLOCK_S=64), 4, ())
 print("compiled")
 """
 
