@@ -371,6 +371,28 @@ def test_bad_input_is_a_one_line_usage_error(call, match):
     assert "\n" not in str(info.value)
 
 
+def test_without_triton_kernels_import_and_fall_back():
+    """A machine without Triton: `kernels` imports, is_available is False, the op computes in torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # any `import triton` now raises ImportError
+        "import torch, torch.nn.functional as F, kernels\n"
+        "from kernels.group_norm import group_norm\n"
+        "assert not kernels.is_available('cpu') and not kernels.is_available('cuda')\n"
+        "x = torch.randn(2, 8, 5, 7, dtype=torch.float64)\n"
+        "assert torch.allclose(group_norm(x, 4, relu=True), F.relu(F.group_norm(x, 4)))\n"
+        "x.requires_grad_(); group_norm(x, 4).sum().backward()\n"
+        "print('fallback ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "fallback ok" in done.stdout, done.stderr[-3000:]
+
+
 def test_importing_kernels_needs_no_triton():
     """`kernels` must import where Triton is absent: nothing at its top level imports triton."""
     import ast
