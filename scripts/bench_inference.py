@@ -35,7 +35,7 @@ def make_image() -> np.ndarray:
     return cv2.resize(small, (800, 480), interpolation=cv2.INTER_CUBIC)
 
 
-def ours(device: str):
+def ours(device: str, channels_last: bool = False):
     from gnconvert.architecture import gn_r50_fpn
     from gnconvert.inference import Detector
     from gnconvert.model import build_network
@@ -45,7 +45,7 @@ def ours(device: str):
     arch = gn_r50_fpn()
     net = build_network(arch)
     net.load_state_dict(detectron_to_torch(seeded_blobs(arch, seed=1), arch).torch_state_dict())
-    return Detector(net.eval().to(device), arch)
+    return Detector(net.eval().to(device), arch, channels_last_on_cpu=channels_last)
 
 
 def theirs(device: str):
@@ -69,32 +69,21 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def time_ours(det, image, runs, device):
-    det.predict(image)  # warm-up
-    times, stages = [], []
+def time_interleaved(models, image, runs, device):
+    """Median seconds per image for each (name, fn), alternating A B A B ... so
+    that load from other processes on the machine hits both alike."""
+    for fn in models.values():
+        fn(image)  # warm-up
+    times = {name: [] for name in models}
+    last = {}
     for _ in range(runs):
-        sync(device)
-        t = time.perf_counter()
-        r = det.predict(image)
-        sync(device)
-        times.append(time.perf_counter() - t)
-        stages.append(r.timings)
-    mid = int(np.argsort(times)[len(times) // 2])
-    return statistics.median(times), stages[mid], len(r)
-
-
-@torch.no_grad()
-def time_theirs(model, image, runs, device):
-    x = to_tv(image, device)
-    model([x])
-    times = []
-    for _ in range(runs):
-        sync(device)
-        t = time.perf_counter()
-        out = model([x])
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), len(out[0]["boxes"])
+        for name, fn in models.items():
+            sync(device)
+            t = time.perf_counter()
+            last[name] = fn(image)
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}, last
 
 
 def _peak_rss_child(which, device, queue):
@@ -148,19 +137,29 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child processes")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time our model with NHWC convolutions on CPU (faster, noisier vs Detectron)")
     args = ap.parse_args()
     device = args.device
     image = make_image()
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, image 480x800 -> input 800x1333")
 
     det = ours(device)
-    t_ours, stages, n_ours = time_ours(det, image, args.runs, device)
     tv = theirs(device)
-    t_tv, n_tv = time_theirs(tv, image, args.runs, device)
-    print(f"ours (Detectron GN R-50-FPN)      : {t_ours:.3f} s/image ({n_ours} detections)")
-    print(f"torchvision maskrcnn_resnet50_fpn : {t_tv:.3f} s/image ({n_tv} detections)")
+    models = {"ours": det.predict, "torchvision": lambda im: tv([to_tv(im, device)])[0]}
+    if args.channels_last and device == "cpu":
+        det_cl = ours(device, channels_last=True)
+        models["ours_channels_last"] = det_cl.predict
+    med, last = time_interleaved(models, image, args.runs, device)
+    t_ours, t_tv = med["ours"], med["torchvision"]
+    print(f"ours (Detectron GN R-50-FPN)      : {t_ours:.3f} s/image ({len(last['ours'])} detections)")
+    print(f"torchvision maskrcnn_resnet50_fpn : {t_tv:.3f} s/image ({len(last['torchvision']['boxes'])} detections)")
     print(f"ratio ours / torchvision          : {t_ours / t_tv:.2f}  (target <= 1.0)")
-    print("our stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in stages.items()))
+    print("our stages (last run): " + ", ".join(f"{k} {v:.3f}s" for k, v in last["ours"].timings.items()))
+    if "ours_channels_last" in med:
+        t_cl = med["ours_channels_last"]
+        print(f"ours, channels_last convolutions  : {t_cl:.3f} s/image, ratio {t_cl / t_tv:.2f}")
+        print("  stages (last run): " + ", ".join(f"{k} {v:.3f}s" for k, v in last["ours_channels_last"].timings.items()))
     if not args.no_rss:
         print(f"peak RSS: ours {peak_rss_mb('ours', device):.0f} MB, torchvision {peak_rss_mb('theirs', device):.0f} MB")
 
