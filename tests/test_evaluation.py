@@ -205,7 +205,11 @@ def test_annotation_files_that_are_not_coco_are_refused(tmp_path, content, messa
 
 # --- image decoding ---------------------------------------------------------------------------
 
+@pytest.mark.timeout(300)
 def test_images_decode_in_workers_and_bad_ones_say_why(golden_dir, tmp_path):
+    # OpenCV's thread pool running in this process first (as after the model's cv2.resize): a
+    # worker forked from here would hang in cv2, so the loader must start clean workers
+    cv2.resize(np.zeros((1500, 1500), np.float32), None, fx=1.7, fy=1.7)
     good = golden_dir / "images" / "chelsea.png"
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

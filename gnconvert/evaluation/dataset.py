@@ -5,6 +5,7 @@ verify loop names it in a warning, counts it and goes on.
 """
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -48,8 +49,16 @@ def _init_worker(_):
     torch.set_num_threads(1)
 
 
+def _worker_context():
+    # Workers start from a clean process: forking a parent whose OpenCV / OpenMP thread pools
+    # (or CUDA) are already running can deadlock the child (seen: cv2 in a forked worker).
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def image_loader(items: Sequence[Tuple[int, Path]], batch_size: int = 1, workers: int = 2) -> DataLoader:
     """Batches of LoadedImage in `items` order, decoded `workers` at a time ahead of the model."""
     return DataLoader(CocoImages(items), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_collate, worker_init_fn=_init_worker if workers else None,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+                      prefetch_factor=4 if workers else None, persistent_workers=False,
+                      multiprocessing_context=_worker_context() if workers else None)
