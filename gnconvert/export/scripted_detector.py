@@ -12,9 +12,8 @@ torchvision install can run it:
   with Detectron's "+1" IoU >= threshold, the per-image limit, mask RoIs and the
   mask paste, with the same float32 operations in the same order as the eager path
   (the shared pieces are the eager functions themselves);
-- sorts are stable torch sorts (ties: lower index first; NMS visits ties highest
-  index first, like numpy's insertion sort on short runs).  Only exact float32 ties
-  can order differently from numpy's introsort, which `Detector` reproduces.
+- sorts in numpy 1.23's order, ties included (`scripted_sort`), as `Detector` does:
+  saturated RPN probabilities (exactly 1.0) tie by the thousand in frozen-BN models.
 
 Constants that the eager path takes from numpy (float32-rounded thresholds, the
 cell anchors) are computed once here, at construction, with the same numpy code.
@@ -33,6 +32,7 @@ from ..inference import boxes as box_ops
 from ..inference import mask_postprocess, proposals, roi_levels
 from ..inference.anchors import cell_anchors
 from .cv2_resize import resize_by_factor, resize_to, round_half_even
+from .scripted_sort import argsort, nms_order, top_k_descending
 
 OUTPUTS = {
     "boxes": "(N, 4) float32 x1, y1, x2, y2 in original-image pixels (Detectron's inclusive convention)",
@@ -79,7 +79,7 @@ def nms(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
     if n == 0:
         return torch.zeros((0,), dtype=torch.int64, device=boxes.device)
     suppress = box_ops.pairwise_overlap(boxes.float()) >= thresh
-    order: List[int] = torch.sort(scores, stable=True)[1].flip(0).tolist()
+    order: List[int] = nms_order(scores).tolist()
     suppressed = torch.zeros((n,), dtype=torch.bool, device=boxes.device)
     kept = torch.zeros((n,), dtype=torch.bool, device=boxes.device)
     for i in order:
@@ -157,9 +157,7 @@ class ScriptableDetector(nn.Module):
         num_anchors, width = probs.shape[0], probs.shape[2]
         stride = 2 ** level
         scores = probs.permute(1, 2, 0).reshape(-1)
-        order = torch.sort(-scores, stable=True)[1]
-        if self.pre_nms_top_n > 0:
-            order = order[: self.pre_nms_top_n]
+        order = top_k_descending(scores, self.pre_nms_top_n)
         scores = scores[order]
         deltas = deltas.permute(1, 2, 0).reshape(-1, 4)[order]
         cell = self.cell_anchors[level - self.rpn_min_level]
@@ -190,7 +188,7 @@ class ScriptableDetector(nn.Module):
             level_boxes.append(b)
             level_scores.append(s)
         boxes = torch.cat(level_boxes)
-        order = torch.sort(-torch.cat(level_scores), stable=True)[1][: self.post_nms_top_n]
+        order = argsort(-torch.cat(level_scores))[: self.post_nms_top_n]
         return boxes[order]
 
     def pool(self, features: List[Tensor], rois: Tensor, resolution: int, sampling_ratio: int) -> Tensor:
