@@ -132,6 +132,15 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     # 1. before any decision: the input blob and the FPN maps within float32 noise
     assert all(s.passed for s in report.stages if not s.decision), report.format()
 
+    # In the BN* runs most kept RPN probabilities are exactly 1.0 (e.g. 66 of 66 on
+    # one level), so only numpy 1.23's sort order reproduces Detectron's proposal
+    # lists; numpy 2's SIMD argsort orders those ties differently.  Row by row:
+    if "-BN_" in tag:
+        for k in range(2, 7):
+            key = f"rpn_rois_fpn{k}"
+            assert intermediates[key].shape == reference.intermediates[key].shape, key
+            np.testing.assert_allclose(intermediates[key], reference.intermediates[key], atol=0.5, err_msg=key)
+
     # 2. each later stage judged on Detectron's own input to it (teacher forcing),
     #    so that float noise upstream cannot hide or excuse a bug there:
     #    Detectron's 1000 RoIs -> our box head and post-processing -> its detections

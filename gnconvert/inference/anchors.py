@@ -42,7 +42,7 @@ def cell_anchors(stride: int, size: float, aspect_ratios: Sequence[float]) -> np
 
 
 @lru_cache(maxsize=64)
-def _level_anchors(stride: int, size: float, ratios: Tuple[float, ...]) -> np.ndarray:
+def level_anchors(stride: int, size: float, ratios: Tuple[float, ...]) -> np.ndarray:
     return cell_anchors(stride, size, ratios)
 
 
@@ -50,7 +50,7 @@ def grid_anchors(
     height: int, width: int, stride: int, size: float, aspect_ratios: Sequence[float]
 ) -> torch.Tensor:
     """(H*W*A, 4) float32 anchors in Detectron's (y, x, a) order, shifted by stride."""
-    cell = _level_anchors(int(stride), float(size), tuple(float(r) for r in aspect_ratios))
+    cell = level_anchors(int(stride), float(size), tuple(float(r) for r in aspect_ratios))
     shift_x, shift_y = np.meshgrid(np.arange(width) * float(stride), np.arange(height) * float(stride))
     shifts = np.stack((shift_x.ravel(), shift_y.ravel(), shift_x.ravel(), shift_y.ravel()), axis=1)
     anchors = (cell[None, :, :] + shifts[:, None, :]).reshape(-1, 4)

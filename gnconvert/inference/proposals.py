@@ -17,7 +17,7 @@ import torch
 
 from . import boxes as box_ops
 from . import sorting
-from .anchors import _level_anchors
+from .anchors import level_anchors
 
 
 def sigmoid(logits: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ def level_proposals(
     scores = scores[order]
     deltas = deltas.permute(1, 2, 0).reshape(-1, 4)[order]
     # anchors only for the chosen cells: flat index = (y * W + x) * A + a
-    cell = torch.from_numpy(_level_anchors(int(stride), float(anchor_size), tuple(float(r) for r in aspect_ratios)))
+    cell = torch.from_numpy(level_anchors(int(stride), float(anchor_size), tuple(float(r) for r in aspect_ratios)))
     a = order % num_anchors
     xy = order // num_anchors
     shift_x = (xy % width).to(torch.float64) * float(stride)
