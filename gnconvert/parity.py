@@ -23,7 +23,7 @@ MAX_EXTRA = 0.01
 BOX_IOU = 0.99
 SCORE_TOL = 1e-3
 MASK_IOU = 0.97
-MAP_REL_TOL = 1e-3  # float32 noise on a feature map, relative to its largest magnitude
+MAP_REL_TOL = 2e-4  # float32 noise on a feature map, relative to its largest magnitude (seen: <= 6e-5)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
