@@ -8,17 +8,18 @@ equals IPP's result bit for bit, not OpenCV's own C++ path).  What IPP computes,
 worked out against `cv2.resize` itself (see tests/test_export_torchscript.py):
 
 - output size cvRound(size * factor) (half to even) when a factor is given;
-- source coordinate (d + 0.5) * scale - 0.5 in float64, where scale = 1 / factor
-  for `fx/fy` and size / dsize for a `dsize`; index = floor, weight = the
-  fraction rounded to float32 (0 left of the first pixel);
-- blend a + (b - a) * w with one rounding (a fused multiply-add), rows first,
-  then columns;
-- right/bottom of the last pixel: with `fx/fy` the last two pixels extrapolated
-  with w = 1 (a + (b - a)), with `dsize` the last pixel itself.
+- blend a + (b - a) * w with one rounding (a fused multiply-add), rows first, then
+  columns, w the float32-rounded fraction of a float64 source coordinate (0 left
+  of the first pixel);
+- when output / input sizes equal the factors (always for a `dsize`; for `fx/fy`
+  when both axes' sizes scale exactly): coordinate (d + 0.5) * scale - 0.5 with
+  scale = input / output, and past the last pixel the last pixel itself;
+- otherwise: coordinate (d + 0.5 - 0.5 * f) / f for the factor f, and past the
+  last pixel the last two pixels extrapolated with w = 1 (a + (b - a)).
 
-Checked bit-exact on 4 of the 5 golden images and on every mask-paste size;
-astronaut.png differs by one float32 ulp in 79 border pixels.  F.interpolate is
-not used: it computes coordinates and weights in float32 and blends four taps at once.
+Bit-exact on the 5 golden images, on every mask-paste size tried and on random
+images of many shapes.  F.interpolate is not used: it computes coordinates and
+weights in float32 and blends four taps at once.
 """
 from __future__ import annotations
 
@@ -42,28 +43,33 @@ def _fma(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return (a.to(torch.float64) * b.to(torch.float64) + c.to(torch.float64)).to(torch.float32)
 
 
-def _taps(dst: int, src: int, scale: float, extrapolate: bool, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
-    """First source index, second source index and float32 weight of each output pixel."""
-    pos = (torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * scale - 0.5
+def _taps(dst: int, src: int, scale: float, exact_ratio: bool,
+          device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """First source index, second source index and float32 weight of each output pixel.
+
+    scale: input / output size when `exact_ratio`, else the factor output / input.
+    """
+    d = torch.arange(dst, dtype=torch.float64, device=device)
+    pos = (d + 0.5) * scale - 0.5 if exact_ratio else (d + 0.5 - 0.5 * scale) / scale
     first = torch.floor(pos)
     weight = pos - first
     index = first.to(torch.int64)
     weight = torch.where(index < 0, torch.zeros_like(weight), weight)
     index = index.clamp(min=0)
     beyond = index >= src - 1
-    if extrapolate and src > 1:
-        weight = torch.where(beyond, torch.ones_like(weight), weight)
-        index = torch.where(beyond, torch.full_like(index, src - 2), index)
-    else:
+    if exact_ratio or src < 2:
         weight = torch.where(beyond, torch.zeros_like(weight), weight)
         index = torch.where(beyond, torch.full_like(index, src - 1), index)
+    else:
+        weight = torch.where(beyond, torch.ones_like(weight), weight)
+        index = torch.where(beyond, torch.full_like(index, src - 2), index)
     return index, (index + 1).clamp(max=src - 1), weight.to(torch.float32)
 
 
-def _resize(x: Tensor, out_h: int, out_w: int, scale_y: float, scale_x: float, extrapolate: bool) -> Tensor:
+def _resize(x: Tensor, out_h: int, out_w: int, scale_y: float, scale_x: float, exact_ratio: bool) -> Tensor:
     in_h, in_w = x.shape[-2], x.shape[-1]
-    x0, x1, wx = _taps(out_w, in_w, scale_x, extrapolate, x.device)
-    y0, y1, wy = _taps(out_h, in_h, scale_y, extrapolate, x.device)
+    x0, x1, wx = _taps(out_w, in_w, scale_x, exact_ratio, x.device)
+    y0, y1, wy = _taps(out_h, in_h, scale_y, exact_ratio, x.device)
     left = x[:, :, x0]
     rows = _fma(x[:, :, x1] - left, wx, left)
     top = rows[:, y0, :]
@@ -77,7 +83,9 @@ def resize_by_factor(x: Tensor, factor: float) -> Tensor:
     out_w = round_half_even(in_w * factor)
     if out_h == in_h and out_w == in_w:
         return x.clone()
-    return _resize(x, out_h, out_w, 1.0 / factor, 1.0 / factor, True)
+    if float(out_w) / float(in_w) == factor and float(out_h) / float(in_h) == factor:
+        return _resize(x, out_h, out_w, float(in_h) / float(out_h), float(in_w) / float(out_w), True)
+    return _resize(x, out_h, out_w, factor, factor, False)
 
 
 def resize_to(x: Tensor, out_w: int, out_h: int) -> Tensor:
@@ -85,4 +93,4 @@ def resize_to(x: Tensor, out_w: int, out_h: int) -> Tensor:
     in_h, in_w = x.shape[-2], x.shape[-1]
     if out_h == in_h and out_w == in_w:
         return x.clone()
-    return _resize(x, out_h, out_w, float(in_h) / float(out_h), float(in_w) / float(out_w), False)
+    return _resize(x, out_h, out_w, float(in_h) / float(out_h), float(in_w) / float(out_w), True)
