@@ -177,3 +177,15 @@ def test_cli_rejects_bad_targets_and_unwritable_outputs(source, tmp_path):
     proc = _cli(pkl, "--to", "detectron", "-o", "a_file/model.pkl", cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "taken"] and not any((tmp_path / "taken").iterdir())
+
+
+def test_cli_exports_and_prints_the_check(source, tmp_path):
+    proc = _cli(str(source[0]), "--to", "detectron", "-o", "back.pkl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("wrote back.pkl in ")
+    assert lines[1] == "verify detectron back.pkl on chelsea.png (weights + whole pipeline): PASS"
+    assert f"  detections: {len(source[5])}" in lines
+    assert "  max box difference: 0 (allowed 0.001)" in lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.pkl"]
+    assert read_detectron_pickle(tmp_path / "back.pkl").cfg_text == source[2]
