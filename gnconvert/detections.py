@@ -24,6 +24,7 @@ class Detections:
     image_size: Tuple[int, int]  # (height, width) of the original image
     masks_rle: Optional[List[dict]] = None  # pycocotools RLE per detection, counts as str
     mask_probs: Optional[np.ndarray] = None  # (N, M, M) float32 sigmoid of each detection's class
+    masks: Optional[np.ndarray] = None  # (N, H, W) uint8 pasted masks, only when asked for (dense_masks=True)
     timings: dict = field(default_factory=dict)  # stage name -> seconds
 
     def __len__(self) -> int:
@@ -41,6 +42,8 @@ class Detections:
         """(N, H, W) uint8 binary masks decoded from the RLEs."""
         from pycocotools import mask as mask_util
 
+        if self.masks is not None:
+            return self.masks
         h, w = self.image_size
         if not self.masks_rle:
             return np.zeros((0, h, w), np.uint8)

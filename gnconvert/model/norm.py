@@ -46,10 +46,13 @@ def _fused_group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias
     return _fused_kernel_module().group_norm(x, num_groups, weight, bias, eps, residual, relu)
 
 
-def _finish(y: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+def _finish(y: Tensor, residual: Optional[Tensor], relu: bool, inplace: bool = True) -> Tensor:
+    """+ residual, then ReLU; in place when `y` is a fresh tensor of ours (one pass less over memory)."""
+    if not inplace:
+        y = y.clone() if (residual is not None or relu) else y
     if residual is not None:
-        y = y + residual
-    return F.relu(y) if relu else y
+        y = y.add_(residual)
+    return y.relu_() if relu else y
 
 
 def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
@@ -98,7 +101,7 @@ class NoNorm(nn.Module):
     """No normalisation (the conv has a bias); keeps the norms' call for residual and ReLU."""
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
-        return _finish(x, residual, relu)
+        return _finish(x, residual, relu, inplace=False)  # x is the caller's tensor
 
 
 def make_norm(kind: str, num_channels: int, num_groups: int = 32, eps: float = 1e-5) -> nn.Module:
