@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -77,6 +78,9 @@ def test_safetensors_reads_back_with_safetensors_alone(source, tmp_path):
     out = tmp_path / "model.safetensors"
     result = export(ckpt, "safetensors", out, reference=reference, network=network)
     assert result.report.passed and result.report.differences["weights"] == 0.0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
 
     with safe_open(str(out), framework="numpy") as f:
         record = json.loads(f.metadata()["gnconvert"])
