@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from coco_fixture import GoldenPredictor, build_coco, golden_results
@@ -174,6 +173,9 @@ def test_resume_refuses_another_runs_partial_results(golden_dir, coco14, tmp_pat
     (partial / "rank0-1-x.jsonl").write_text(json.dumps({"fingerprint": {"source": "other"}}) + "\n")
     with pytest.raises(UsageError, match="another run"):
         _run(golden_dir, coco14, tmp_path, resume=True)
+    warnings = []  # without --resume the old partial results are dropped, and we say so
+    report = _run(golden_dir, coco14, tmp_path, warn=warnings.append, echo=lambda s: None)
+    assert report["images_evaluated"] == 5 and "discarding the partial results" in warnings[0]
 
 
 def test_two_gloo_processes_give_byte_identical_results(golden_dir, tmp_path):

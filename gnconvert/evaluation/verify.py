@@ -129,7 +129,7 @@ def _prepare(layout: CocoLayout, limit: Optional[int]) -> Tuple[dict, List[Tuple
     return annotations, [(int(im["id"]), layout.images / im["file_name"]) for im in images]
 
 
-def _predict(predictor, todo, workers: Workers, partial: PartialResults, batch_size: int, num_workers: int,
+def predict_loop(predictor, todo, workers: Workers, partial: PartialResults, batch_size: int, num_workers: int,
              progress: bool, warn: Callable[[str], None]) -> Tuple[Dict[int, dict], float, float]:
     """Run the predictor over this rank's images; returns (records, loop seconds, predict seconds)."""
     records: Dict[int, dict] = {}
@@ -252,7 +252,9 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
             output.mkdir(parents=True, exist_ok=True)
             if resume:
                 done = partial.load()
-            else:
+            elif partial.folder.is_dir():
+                warn(f"gnconvert: warning: discarding the partial results of an earlier run in {partial.folder} "
+                     "(pass --resume to continue it instead)")
                 partial.clear()
             todo = [(i, p) for i, p in items if i not in done]
             plan = {"items": [(i, str(p)) for i, p in items], "todo": [(i, str(p)) for i, p in todo]}
@@ -267,7 +269,7 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
 
     if mine and not hasattr(predictor, "predict_batch"):
         predictor = predictor()  # a loader: the model is built only once the data checks passed
-    records, loop_s, predict_s = _predict(predictor, mine, dist, partial, batch_size, workers, progress, warn)
+    records, loop_s, predict_s = predict_loop(predictor, mine, dist, partial, batch_size, workers, progress, warn)
     gathered = dist.gather({"records": records, "loop_s": loop_s, "predict_s": predict_s, "n": len(mine)})
     if not dist.is_main:
         return None
