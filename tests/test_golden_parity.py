@@ -114,6 +114,25 @@ def test_mask_iou_and_report():
     assert "FAIL" in text and "p2_crop" in text and "mask IoU 0.5000" in text
 
 
+def test_noise_floor_explains_only_what_our_own_noise_shows():
+    """A miss passes only when our own run, under the measured noise, moves at least as much."""
+    def m(matched, ref=100, ours=100, mask=0.99):
+        return parity.DetectionMatch(pairs=[(i, i) for i in range(matched)], num_reference=ref, num_ours=ours,
+                                     worst_mask_iou=mask)
+
+    floor = parity.NoiseFloor(sigmas=[1e-5] * 5, self_matches=[m(97), m(100, mask=0.9)], detectron_union=1.0)
+    assert floor.unmatched == pytest.approx(0.03) and floor.mask_iou == pytest.approx(0.9)
+    assert floor.explains(m(97))                  # 3% missed: our own noise misses 3%
+    assert not floor.explains(m(96))              # 4% missed: more than our noise explains
+    assert not floor.explains(m(97, ours=105))    # 8 extra: more than our noise adds
+    assert not floor.explains(m(100, mask=0.85))  # a mask further off than our own noise moves one
+    calm = parity.NoiseFloor(sigmas=[1e-5] * 5, self_matches=[m(100)], detectron_union=1.0)
+    assert calm.explains(m(99)) and not calm.explains(m(98))  # never stricter than the README's 1%
+    report = parity.ParityReport("T", "i.png", m(97), noise=floor)
+    assert report.passed and not report.strict and "noise floor" in report.verdict
+    assert not parity.ParityReport("T", "i.png", m(90), noise=floor).passed
+
+
 def _case(tag, image):
     marks = [pytest.mark.slow] if tag.startswith("R-101") else []
     return pytest.param(tag, image, marks=marks, id=f"{tag}-{image}")
@@ -127,7 +146,6 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     intermediates = {}
     ours = det.detect(features, intermediates=intermediates)
     report = parity.compare(reference, ours, intermediates)
-    print(report.format())
 
     # 1. before any decision: the input blob and the FPN maps within float32 noise
     assert all(s.passed for s in report.stages if not s.decision), report.format()
@@ -157,18 +175,17 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     ious = [parity.mask_iou(a, b) for a, b in zip(masks_only.masks_rle, reference.detections.masks_rle)]
     assert min(ious, default=1.0) >= parity.MASK_IOU
 
-    # 3. free-running: the golden README's criteria.  Two golden runs miss them
-    #    through float32 noise alone (Caffe2's and PyTorch's convolutions sum in a
-    #    different order, ~1e-6 relative): a near-tie at an RPN top-k cut
-    #    (R-50-FPN-GN wide_synthetic) and, in the BN* models, exp-clipped RPN boxes
-    #    whose ends cancel (x = ctr +- 0.5 * 62.5 * anchor), moving proposals by up
-    #    to 0.2 px and scores of sub-pixel boxes by up to 1e-2.  Stages 1-2 above
-    #    prove every stage exact on Detectron's inputs; here those runs must still
-    #    be near misses: 95% matched with IoU >= 0.95 and |score diff| <= 1e-2.
-    if report.match.passed:
-        return
-    near = parity.match_detections(reference.detections, ours, masks=False, min_iou=0.95, score_tol=1e-2)
-    assert near.matched_fraction >= 0.95 and near.extra_fraction <= 0.05, report.format()
+    # 3. free-running: the golden README's criteria, or, where float noise alone
+    #    misses them, the measured noise floor: our FPN maps perturbed by exactly their
+    #    measured distance to Detectron's move our own detections at least as much as
+    #    Detectron's differ from ours (gnconvert.parity.noise_floor).  Seen here: a
+    #    near-tie at an RPN top-k cut (R-50-FPN-GN wide_synthetic), thin masks whose
+    #    integer box flips by a pixel, and, in the BN* models, exp-clipped RPN boxes
+    #    whose ends cancel (x = ctr +- 0.5 * 62.5 * anchor) so sub-pixel boxes move.
+    if not report.strict:
+        report.noise = parity.noise_floor(det, features, reference, ours)
+    print(report.format())
+    assert report.passed, report.format()
 
 
 @pytest.mark.slow
