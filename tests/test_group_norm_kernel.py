@@ -1,7 +1,7 @@
 """The Triton GroupNorm kernel against torch's GroupNorm computed in float64.
 
-Without CUDA the kernels run on the CPU under TRITON_INTERPRET=1 (set here before
-Triton is first imported), so shapes stay small; the `gpu` tests repeat the checks
+Without CUDA the kernels run on the CPU under TRITON_INTERPRET=1 (set by conftest.py
+before Triton is first imported), so shapes stay small; the `gpu` tests repeat the checks
 at the model's real sizes on a CUDA device.
 """
 from __future__ import annotations
@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
