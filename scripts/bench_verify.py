@@ -95,13 +95,14 @@ def bare_rate(predictor, images, batch_size: int) -> float:
 
 
 def loop_rate(predictor, layout, n: int, batch_size: int, workers: int, folder: Path) -> float:
-    """Images/s of the verify loop: decoding workers, predict_batch, results entries, partial saves."""
+    """Images/s of the verify loop (decoding workers, predict_batch, results entries, partial saves),
+    timed from the first batch, and the share of that time spent inside predict_batch."""
     ann = load_annotations(layout.annotations)
     items = [(int(im["id"]), layout.images / im["file_name"])
              for im in sorted(ann["images"], key=lambda im: im["id"])[:n]]
     partial = PartialResults(folder, {"source": "bench"})
     partial.clear()
-    _, seconds, predict_s = predict_loop(predictor, items, Workers(), partial, batch_size, workers, False, print)
+    _, seconds, predict_s, _ = predict_loop(predictor, items, Workers(), partial, batch_size, workers, False, print)
     return n / seconds, predict_s / seconds
 
 
@@ -141,6 +142,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the in-process runs (1: OpenMP threads on a busy 2-core machine stall)")
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--coco-root", type=Path, help=argparse.SUPPRESS)
@@ -148,6 +151,7 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

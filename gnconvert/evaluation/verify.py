@@ -130,15 +130,22 @@ def _prepare(layout: CocoLayout, limit: Optional[int]) -> Tuple[dict, List[Tuple
 
 
 def predict_loop(predictor, todo, workers: Workers, partial: PartialResults, batch_size: int, num_workers: int,
-             progress: bool, warn: Callable[[str], None]) -> Tuple[Dict[int, dict], float, float]:
-    """Run the predictor over this rank's images; returns (records, loop seconds, predict seconds)."""
+                 progress: bool, warn: Callable[[str], None]) -> Tuple[Dict[int, dict], float, float, float]:
+    """Run the predictor over this rank's images.
+
+    Returns (records, loop seconds, predict seconds, startup seconds): the loop is timed from
+    the first batch, so the one-off start of the decoding workers is reported on its own.
+    """
     records: Dict[int, dict] = {}
     bar = tqdm(total=len(todo), unit="img", desc="verify", disable=not (progress and workers.is_main),
                dynamic_ncols=True)
     predict_s = 0.0
-    start = time.perf_counter()
+    begin = time.perf_counter()
+    start = None
     try:
         for batch in image_loader(todo, batch_size=batch_size, workers=num_workers):
+            if start is None:
+                start = time.perf_counter()
             ok = [item for item in batch if item.image is not None]
             new = []
             for item in batch:
@@ -161,7 +168,9 @@ def predict_loop(predictor, todo, workers: Workers, partial: PartialResults, bat
     finally:
         bar.close()
         partial.close()
-    return records, time.perf_counter() - start, predict_s
+    end = time.perf_counter()
+    start = end if start is None else start
+    return records, end - start, predict_s, start - begin
 
 
 def _verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: float) -> Optional[dict]:
@@ -269,8 +278,10 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
 
     if mine and not hasattr(predictor, "predict_batch"):
         predictor = predictor()  # a loader: the model is built only once the data checks passed
-    records, loop_s, predict_s = predict_loop(predictor, mine, dist, partial, batch_size, workers, progress, warn)
-    gathered = dist.gather({"records": records, "loop_s": loop_s, "predict_s": predict_s, "n": len(mine)})
+    records, loop_s, predict_s, startup_s = predict_loop(predictor, mine, dist, partial, batch_size, workers,
+                                                         progress, warn)
+    gathered = dist.gather({"records": records, "loop_s": loop_s, "predict_s": predict_s, "startup_s": startup_s,
+                            "n": len(mine)})
     if not dist.is_main:
         return None
 
@@ -317,6 +328,7 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
         "verdict": _verdicts(metrics, published, tolerance), "reference": ref_report,
         "timing": {"predicted_images": n_new, "resumed_images": len(done), "loop_seconds": slowest,
                    "predict_seconds": sum(g["predict_s"] for g in gathered),
+                   "worker_startup_seconds": max(g["startup_s"] for g in gathered),
                    "images_per_second": (n_new / slowest) if slowest > 0 else float("nan")},
         "files": {k: str(v) for k, v in files.items()},
     }
