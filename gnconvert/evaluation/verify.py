@@ -7,114 +7,27 @@ processes and a resumed run give byte-identical files.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
+from ..atomic import write_json_atomic
 from ..errors import GnconvertError, ParityError, UsageError
 from . import reference as reference_mod
-from .coco_eval import EVALUATORS, METRICS, CocoEvaluator, backend, load_annotations
+from .coco_eval import EVALUATORS, CocoEvaluator, backend, load_annotations
 from .coco_layout import CocoLayout
 from .dataset import image_loader
 from .distributed import Workers
+from .partial_results import PartialResults
+from .report import IOU_TYPES, format_report, verdicts, write_report
 from .results_format import detectron_order, to_results
-
-IOU_TYPES = {"bbox": "box AP", "segm": "mask AP"}
-PUBLISHED_KEYS = {"bbox": "box_ap", "segm": "mask_ap"}
 
 
 def _stderr(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
-
-
-def _json_safe(obj):
-    """NaN (an AP with no ground truth in its range) as null: standard JSON for any reader."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary name in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class PartialResults:
-    """Per-image records appended as JSON lines; every run (and rank) writes its own file.
-
-    A run killed mid-write leaves at most one truncated last line, which loading skips.
-    The first line fingerprints the run so a resume cannot mix two models' results.
-    """
-
-    def __init__(self, folder: Path, fingerprint: dict):
-        self.folder = Path(folder)
-        self.fingerprint = fingerprint
-        self._file = None
-
-    def clear(self) -> None:
-        if self.folder.is_dir():
-            for p in self.folder.glob("*.jsonl"):
-                p.unlink()
-            self.folder.rmdir()
-
-    def load(self) -> Dict[int, dict]:
-        done: Dict[int, dict] = {}
-        if not self.folder.is_dir():
-            return done
-        for p in sorted(self.folder.glob("*.jsonl")):
-            with open(p) as f:
-                lines = f.read().split("\n")
-            records = []
-            for line in lines:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue  # the empty tail, or a line cut by a kill
-            if not records:
-                continue
-            header = records[0].get("fingerprint")
-            if header != self.fingerprint:
-                raise UsageError(f"partial results in {self.folder} come from another run ({header}); "
-                                 "use a different --output or run without --resume to start over")
-            for r in records[1:]:
-                done[int(r["image_id"])] = r
-        return done
-
-    def append(self, records: List[dict], rank: int) -> None:
-        if self._file is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            name = f"rank{rank}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-            self._file = open(self.folder / name, "w")
-            self._file.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
-        for r in records:
-            self._file.write(json.dumps(r) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def _prepare(layout: CocoLayout, limit: Optional[int]) -> Tuple[dict, List[Tuple[int, Path]]]:
@@ -171,61 +84,6 @@ def predict_loop(predictor, todo, workers: Workers, partial: PartialResults, bat
     end = time.perf_counter()
     start = end if start is None else start
     return records, end - start, predict_s, start - begin
-
-
-def _verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: float) -> Optional[dict]:
-    if not published:
-        return None
-    out = {}
-    for t, key in PUBLISHED_KEYS.items():
-        if published.get(key) is None or t not in measured:
-            continue
-        delta = measured[t]["AP"] - float(published[key])
-        out[t] = {"published": float(published[key]), "delta": delta,
-                  "verdict": "PASS" if abs(delta) <= tolerance + 1e-9 else "FAIL"}
-    out["overall"] = "PASS" if all(v["verdict"] == "PASS" for k, v in out.items()) else "FAIL"
-    return out
-
-
-def _fmt(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
-
-
-def format_report(report: dict) -> str:
-    """The table `gnconvert verify` prints."""
-    lines = [f"{report['source']} on {report['dataset']}: {report['images_evaluated']} images"
-             f" ({report['images_skipped']} skipped), {report['evaluator']}"]
-    head = f"{'':8} {'published':>9} {'measured':>9} {'delta':>7}  {'verdict':<7}" + \
-        "".join(f"{m:>6}" for m in METRICS[1:])
-    lines.append(head)
-    verdict = report.get("verdict") or {}
-    for t, label in IOU_TYPES.items():
-        if t not in report["metrics"]:
-            continue
-        m = report["metrics"][t]
-        v = verdict.get(t)
-        published = _fmt(v["published"]) if v else "-"
-        delta = f"{v['delta']:+.2f}" if v else "-"
-        word = v["verdict"] if v else "n/a"
-        lines.append(f"{label:8} {published:>9} {m['AP']:>9.2f} {delta:>7}  {word:<7}"
-                     + "".join(f"{_fmt(m[k]):>6}" for k in METRICS[1:]))
-    if verdict:
-        lines.append(f"verdict: {verdict['overall']} (tolerance {report['tolerance']} AP)")
-    else:
-        lines.append("verdict: none (no published AP for this source in the catalog)")
-    ref = report.get("reference")
-    if ref:
-        c = ref["comparison"]
-        lines.append("Detectron's own detections on these images: "
-                     + ", ".join(f"{IOU_TYPES[t]} {ref['metrics'][t]['AP']:.2f}" for t in ref["metrics"]))
-        b, s = c["box_max_abs_diff_px"], c["score_abs_diff"]
-        lines.append(f"matched {c['matched']}/{c['detectron_detections']} of Detectron's detections "
-                     f"({100 * c['matched_share']:.2f}%, same class, IoU >= {c['iou_threshold']}); "
-                     f"{c['ours_unmatched']} of ours unmatched")
-        lines.append(f"box |diff| px: median {b['median']:.3g}, p99 {b['p99']:.3g}, max {b['max']:.3g}; "
-                     f"score |diff|: median {s['median']:.3g}, p99 {s['p99']:.3g}, max {s['max']:.3g}")
-    lines.append(f"{report['timing']['images_per_second']:.2f} images/s; report: {report['files']['report']}")
-    return "\n".join(lines)
 
 
 def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, published: Optional[dict] = None,
@@ -325,14 +183,14 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
         "skipped": [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in skipped],
         "evaluator": evaluator, "tolerance": tolerance, "metrics": metrics,
         "coco_summary": {t: evals[t]["summary"] for t in iou_types},
-        "verdict": _verdicts(metrics, published, tolerance), "reference": ref_report,
+        "verdict": verdicts(metrics, published, tolerance), "reference": ref_report,
         "timing": {"predicted_images": n_new, "resumed_images": len(done), "loop_seconds": slowest,
                    "predict_seconds": sum(g["predict_s"] for g in gathered),
                    "worker_startup_seconds": max(g["startup_s"] for g in gathered),
                    "images_per_second": (n_new / slowest) if slowest > 0 else float("nan")},
         "files": {k: str(v) for k, v in files.items()},
     }
-    write_json_atomic(files["report"], _json_safe(report))
+    write_report(files["report"], report)
     partial.clear()
     echo(format_report(report))
     if report["verdict"] and report["verdict"]["overall"] == "FAIL":
