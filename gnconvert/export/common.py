@@ -55,4 +55,6 @@ def writing(path) -> Iterator[str]:
         with atomic_path(path) as tmp:
             yield tmp
     except OSError as e:
+        if e.errno is None:  # not a file-system failure (e.g. TorchScript could not read a source file)
+            raise
         raise GnconvertError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None

@@ -48,31 +48,6 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
-def decode(boxes: Tensor, deltas: Tensor, weights: List[float], clip: float) -> Tensor:
-    """`inference.boxes.decode`, op for op, with the clip already rounded to float32."""
-    if boxes.shape[0] == 0:
-        return torch.zeros((0, deltas.shape[1]), dtype=deltas.dtype, device=deltas.device)
-    boxes = boxes.to(deltas.dtype)
-    widths = boxes[:, 2] - boxes[:, 0] + 1.0
-    heights = boxes[:, 3] - boxes[:, 1] + 1.0
-    ctr_x = boxes[:, 0] + 0.5 * widths
-    ctr_y = boxes[:, 1] + 0.5 * heights
-    dx = deltas[:, 0::4] / weights[0]
-    dy = deltas[:, 1::4] / weights[1]
-    dw = torch.clamp(deltas[:, 2::4] / weights[2], max=clip)
-    dh = torch.clamp(deltas[:, 3::4] / weights[3], max=clip)
-    pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-    pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-    pred_w = torch.exp(dw) * widths[:, None]
-    pred_h = torch.exp(dh) * heights[:, None]
-    out = torch.empty_like(deltas)
-    out[:, 0::4] = pred_ctr_x - 0.5 * pred_w
-    out[:, 1::4] = pred_ctr_y - 0.5 * pred_h
-    out[:, 2::4] = pred_ctr_x + 0.5 * pred_w - 1
-    out[:, 3::4] = pred_ctr_y + 0.5 * pred_h - 1
-    return out
-
-
 def nms(boxes: Tensor, scores: Tensor, thresh: float) -> Tensor:
     """Detectron's greedy NMS (IoU >= thresh suppresses): kept indices, ascending."""
     n = boxes.shape[0]
@@ -167,7 +142,7 @@ class ScriptableDetector(nn.Module):
         shift_y = torch.div(xy, width, rounding_mode="floor").to(torch.float64) * float(stride)
         shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
         anchors = (cell[a] + shifts).to(torch.float32)
-        boxes = decode(anchors, deltas, [1.0, 1.0, 1.0, 1.0], self.clip32)
+        boxes = box_ops.decode(anchors, deltas, [1.0, 1.0, 1.0, 1.0], self.clip32)
         info = im_info.reshape(-1)
         boxes = box_ops.clip_tiled(boxes, float(info[0]), float(info[1]))
         keep = proposals._keep_sizable(boxes, self.rpn_min_size, info)
@@ -203,7 +178,7 @@ class ScriptableDetector(nn.Module):
         cls_score, bbox_pred = self.network.box_predictor(self.network.box_head(x))
         cls_prob = torch.softmax(cls_score, dim=1)
         scale32 = torch.tensor(scale, dtype=torch.float64).to(torch.float32).to(rois.device)
-        pred = decode(rois / scale32, bbox_pred, self.bbox_reg_weights, self.clip32)
+        pred = box_ops.decode(rois / scale32, bbox_pred, self.bbox_reg_weights, self.clip32)
         pred = box_ops.clip_tiled(pred, float(height), float(width))
 
         classes: List[int] = []

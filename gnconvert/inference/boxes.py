@@ -6,7 +6,7 @@ order so that float32 results agree to the bit where the ops are IEEE-exact.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List
 
 import numpy as np
 import torch
@@ -14,12 +14,11 @@ import torch
 from . import sorting
 
 
-def decode(
-    boxes: torch.Tensor, deltas: torch.Tensor, weights: Tuple[float, float, float, float], clip: float
-) -> torch.Tensor:
+def decode(boxes: torch.Tensor, deltas: torch.Tensor, weights: List[float], clip: float) -> torch.Tensor:
     """`bbox_transform`: apply (dx, dy, dw, dh) deltas, 4 per class, to boxes (R, 4).
 
-    deltas is (R, 4K); dw and dh are clamped from above only, at `clip`.
+    deltas is (R, 4K); dw and dh are clamped from above only, at `clip` rounded to
+    float32 as Detectron's numpy (< 2) did.  TorchScript-able (the export reuses it).
     """
     if boxes.shape[0] == 0:
         return torch.zeros((0, deltas.shape[1]), dtype=deltas.dtype, device=deltas.device)
@@ -28,13 +27,11 @@ def decode(
     heights = boxes[:, 3] - boxes[:, 1] + 1.0
     ctr_x = boxes[:, 0] + 0.5 * widths
     ctr_y = boxes[:, 1] + 0.5 * heights
-    wx, wy, ww, wh = weights
-    dx = deltas[:, 0::4] / wx
-    dy = deltas[:, 1::4] / wy
-    # Detectron's numpy (< 2) kept these in float32: the clip is a float32 scalar
-    clip32 = float(np.float32(clip))
-    dw = torch.clamp(deltas[:, 2::4] / ww, max=clip32)
-    dh = torch.clamp(deltas[:, 3::4] / wh, max=clip32)
+    dx = deltas[:, 0::4] / weights[0]
+    dy = deltas[:, 1::4] / weights[1]
+    clip32 = torch.tensor(clip, dtype=torch.float32).item()
+    dw = torch.clamp(deltas[:, 2::4] / weights[2], max=clip32)
+    dh = torch.clamp(deltas[:, 3::4] / weights[3], max=clip32)
     pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
     pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
     pred_w = torch.exp(dw) * widths[:, None]
