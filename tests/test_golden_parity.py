@@ -32,11 +32,9 @@ def _seeded_weights(golden_dir):
 @pytest.fixture(scope="session")
 def detector_for(golden_dir, tmp_path_factory):
     """tag -> Detector, each architecture built once per session."""
-    from gnconvert.inference import Detector
-    from gnconvert.model import build_network
-    from gnconvert.name_mapping import detectron_to_torch
-    from gnconvert.pickle_reader import read_detectron_pickle
+    from gnconvert.api import build_model
     from gnconvert.py2_pickle import write_detectron_pickle
+    from gnconvert.sources import convert_detectron_pickle
 
     sw = _seeded_weights(golden_dir)
     cache = {}
@@ -46,19 +44,21 @@ def detector_for(golden_dir, tmp_path_factory):
         if tag is None:
             tag = next(iter(cache), "R-50-FPN-BN_seed1")
         if tag not in cache:
+            # Detectron's own seeding tool, written as Detectron writes model_final.pkl, then
+            # the user's path: safe read, architecture from the embedded cfg, blob mapping
             arch_name = golden_format.architecture_name(tag)
             blobs = sw.make_blobs(sw.load_inventory(arch_name), seed=golden_format.seed_of(tag))
             cfg_text = (golden_dir / "cfg" / f"{arch_name}.yaml").read_text()
             path = tmp_path_factory.mktemp("ckpt") / f"{arch_name}.pkl"
             write_detectron_pickle(path, blobs, cfg_text)
             del blobs
-            loaded = read_detectron_pickle(path)
+            ckpt = convert_detectron_pickle(path)
             path.unlink()
-            arch = ARCHITECTURES[tag]
-            net = build_network(arch)
-            net.load_state_dict(detectron_to_torch(loaded.blobs, arch).torch_state_dict())
+            expected = ARCHITECTURES[tag]
+            assert (ckpt.arch.depth, ckpt.arch.norm, ckpt.arch.box_head, ckpt.arch.mask_head) == (
+                expected.depth, expected.norm, expected.box_head, expected.mask_head)
             cache.clear()  # one full-size network in memory at a time
-            cache[tag] = Detector(net.eval(), arch)
+            cache[tag] = build_model(ckpt, "cpu")
         return cache[tag]
 
     return get
