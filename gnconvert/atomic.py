@@ -22,9 +22,11 @@ def atomic_path(path) -> Iterator[str]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
+        # mkstemp (and writers that recreate the file, e.g. safetensors) leave 0600;
+        # set the usual permissions only now, after the writer is done with the file
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

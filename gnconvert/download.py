@@ -32,6 +32,7 @@ import urllib3
 from tqdm import tqdm
 
 from . import __version__, catalog
+from .atomic import atomic_path
 from .errors import DownloadError, UsageError
 
 log = logging.getLogger(__name__)
@@ -486,12 +487,10 @@ def _locked(final: Path, settings: Settings):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
     except OSError as e:
-        _remove(tmp)
         raise DownloadError(f"cannot write {path} ({e.strerror}); "
                             f"set GNCONVERT_CACHE to a writable folder") from None
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ..errors import ParityError, UsageError
-from .common import BUNDLED_IMAGE, check_output, loaded_network, normal_permissions, writing
+from .common import BUNDLED_IMAGE, check_output, loaded_network, writing
 from .verify import VerifyReport
 
 TARGETS = ("torchscript", "onnx", "safetensors", "detectron")
@@ -70,8 +70,6 @@ def export(ckpt, target: str, output, verify: bool = True, reference=None, image
         t0 = time.perf_counter()
         module.write(ckpt, temps, network)
         export_seconds = time.perf_counter() - t0
-        for tmp in temps:
-            normal_permissions(tmp)
         if verify:
             t0 = time.perf_counter()
             report = module.verify(ckpt, temps, network, reference, image)

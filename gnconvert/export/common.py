@@ -38,13 +38,6 @@ def check_output(path) -> str:
     return path
 
 
-def normal_permissions(path) -> None:
-    """rw for everyone the umask allows: some writers (safetensors) create their files 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 @contextlib.contextmanager
 def writing(path) -> Iterator[str]:
     """A temporary name in `path`'s folder that becomes `path` only if the block succeeds."""
