@@ -28,13 +28,10 @@ def run(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def gn_pkl(tmp_path_factory, golden_dir):
+def gn_pkl(seeded_pickle, golden_dir):
     """A full-size seeded R-50-FPN GN model_final.pkl, written the way Python 2 Detectron did."""
-    blobs = seeded_blobs(gn_r50_fpn(), seed=1)
     cfg_text = (golden_dir / "cfg" / f"{GN_R50}.yaml").read_text()
-    path = tmp_path_factory.mktemp("gn") / "model_final.pkl"
-    write_detectron_pickle(path, blobs, cfg_text)
-    return path, blobs, cfg_text
+    return seeded_pickle(GN_R50), seeded_blobs(gn_r50_fpn(), seed=1), cfg_text
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,16 @@ from gnconvert.export.common import BUNDLED_IMAGE, loaded_network
 from gnconvert.export.verify import reference_detections
 from gnconvert.name_mapping import mapping_rules
 from gnconvert.pickle_reader import read_detectron_pickle
-from gnconvert.py2_pickle import write_detectron_pickle
 from gnconvert.seeded import seeded_blobs
 from gnconvert.sources import load_source
 
 
 @pytest.fixture(scope="module")
-def source(golden_dir, tmp_path_factory):
+def source(golden_dir, seeded_pickle):
     """(path of the seeded .pkl, its blobs, its cfg text, the converted checkpoint, network, reference)."""
-    arch = gn_r50_fpn()
-    blobs = seeded_blobs(arch, 1)
+    blobs = seeded_blobs(gn_r50_fpn(), 1)
     cfg_text = (golden_dir / "cfg" / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml").read_text()
-    path = tmp_path_factory.mktemp("source") / "model_final.pkl"
-    write_detectron_pickle(path, blobs, cfg_text)
+    path = seeded_pickle("e2e_mask_rcnn_R-50-FPN_2x_gn")
     ckpt = load_source(str(path))
     network = loaded_network(ckpt)
     reference = reference_detections(network, ckpt.arch, BUNDLED_IMAGE)

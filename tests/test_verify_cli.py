@@ -221,34 +221,25 @@ def test_cli_bad_inputs_give_one_line_errors(coco14, tmp_path, capsys):
 
 # --- the real model on the seeded checkpoint ---------------------------------------------------
 
-def _seeded_checkpoint(golden_dir, path: Path, swap_rows=None) -> Path:
+def _seeded_checkpoint_with_swapped_rows(golden_dir, path: Path, a: int, b: int) -> Path:
+    """The seeded R-50-FPN GN checkpoint with two classes' score rows swapped: a faithful
+    conversion of an unfaithful model, which verify must fail."""
     from gnconvert.architecture import gn_r50_fpn
     from gnconvert.py2_pickle import write_detectron_pickle
     from gnconvert.seeded import blobs_checksum, seeded_blobs
 
     blobs = seeded_blobs(gn_r50_fpn(), seed=1)
     assert blobs_checksum(blobs)[:16] == "9a503c71c2c585e5"  # golden/README.md's checksum
-    if swap_rows:
-        a, b = swap_rows
-        for name in ("cls_score_w", "cls_score_b"):
-            blobs[name] = blobs[name].copy()
-            blobs[name][[a, b]] = blobs[name][[b, a]]
+    for name in ("cls_score_w", "cls_score_b"):
+        blobs[name] = blobs[name].copy()
+        blobs[name][[a, b]] = blobs[name][[b, a]]
     cfg = (golden_dir / "cfg" / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml").read_text()
     write_detectron_pickle(path, blobs, cfg)
     return path
 
 
-def _need_model_loader():
-    try:
-        from gnconvert import load  # noqa: F401
-    except ImportError:
-        pytest.skip("gnconvert.load (the model loader) has not landed yet")
-
-
-@pytest.mark.slow
-def test_seeded_checkpoint_verifies_at_97_or_more(golden_dir, coco14, tmp_path, capsys):
-    _need_model_loader()
-    pkl = _seeded_checkpoint(golden_dir, tmp_path / "seeded.pkl")
+def test_seeded_checkpoint_verifies_at_97_or_more(seeded_pickle, coco14, tmp_path, capsys):
+    pkl = seeded_pickle("e2e_mask_rcnn_R-50-FPN_2x_gn")
     code, err = _cli([pkl, "--coco-root", coco14["root"], "--device", "cpu", "--workers", "1", "--no-progress",
                       "--expect-box-ap", "100", "--expect-mask-ap", "100", "--tolerance", "3",
                       "--output", tmp_path / "out"], capsys)
@@ -259,8 +250,7 @@ def test_seeded_checkpoint_verifies_at_97_or_more(golden_dir, coco14, tmp_path, 
 
 @pytest.mark.slow
 def test_seeded_checkpoint_with_swapped_class_rows_fails(golden_dir, coco17, tmp_path, capsys):
-    _need_model_loader()
-    pkl = _seeded_checkpoint(golden_dir, tmp_path / "swapped.pkl", swap_rows=(61, 1))
+    pkl = _seeded_checkpoint_with_swapped_rows(golden_dir, tmp_path / "swapped.pkl", 61, 1)
     code, err = _cli([pkl, "--coco-root", coco17["root"], "--device", "cpu", "--workers", "1", "--no-progress",
                       "--expect-box-ap", "100", "--expect-mask-ap", "100", "--tolerance", "3",
                       "--output", tmp_path / "out"], capsys)
