@@ -148,7 +148,7 @@ def fetch_file(rel: str, force: bool = False, progress: Optional[bool] = None) -
             log.info("reusing %s, downloaded meanwhile by another process", final)
             return final
         expected = _fetch_md5(session, url, settings)
-        if not force and final.is_file() and _md5_file(final) == expected:
+        if not force and final.is_file() and file_md5(final) == expected:
             _write_atomic(_md5_sidecar(final), expected + "\n")  # e.g. a file copied in by hand
             return final
         if not force:  # corrupt: never leave it under the final name, even if the download fails
@@ -160,7 +160,8 @@ def fetch_file(rel: str, force: bool = False, progress: Optional[bool] = None) -
 
 # --- integrity --------------------------------------------------------------
 
-def _md5_file(path: Path) -> str:
+def file_md5(path) -> str:
+    """MD5 of a file, read in blocks (constant memory)."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
@@ -171,7 +172,7 @@ def _md5_file(path: Path) -> str:
 def _is_intact(path: Path) -> bool:
     try:
         stored = _md5_sidecar(path).read_text().split()[0].lower()
-        return path.is_file() and _md5_file(path) == stored
+        return path.is_file() and file_md5(path) == stored
     except (OSError, IndexError):
         return False
 

@@ -6,22 +6,14 @@ SOURCE is one of: a converted `.safetensors` file (loaded as is), a Detectron
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Optional, Tuple
 
+from . import download
 from .converted import ConvertedCheckpoint, is_converted_file, load_converted
 from .errors import UsageError
 
 _PATH_SUFFIXES = (".pkl", ".pickle", ".safetensors", ".pth", ".pt", ".yaml")
-
-
-def file_md5(path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: Optional[str] = None,
@@ -43,7 +35,7 @@ def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: 
     provenance = {
         "model_id": model_id,
         "source_path": os.path.abspath(path),
-        "source_md5": source_md5 or file_md5(path),
+        "source_md5": source_md5 or download.file_md5(path),
         "source_format": "detectron-pkl",
         "pickle_layout": pickle.layout,
         "blob_count": len(pickle.blobs),
@@ -60,8 +52,6 @@ def _looks_like_path(source: str) -> bool:
 def model_pickle_path(model_id: str, progress: Optional[bool] = None) -> Tuple[str, Optional[str]]:
     """The cached `.pkl` of a catalog model, fetched if absent, and the MD5 it was just
     verified against (the cache's `<file>.md5sum`), so it need not be hashed again."""
-    from . import download
-
     path = os.fspath(download.fetch(model_id, "model", progress=progress)["model"])
     try:
         with open(path + ".md5sum") as f:
