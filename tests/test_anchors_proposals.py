@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnconvert.inference import anchors, classic_sort, proposals, roi_levels, sorting
+from gnconvert.inference import anchors, proposals, roi_levels
 
 # Detectron's generate_anchors for FPN levels 2..6 (size 32 * 2**(l-2), ratios .5, 1, 2),
 # worked by hand from its formulas: ws = round(sqrt(s*s / r)), hs = round(ws * r), scaled.
@@ -24,55 +24,38 @@ def test_cell_anchors(level):
     np.testing.assert_array_equal(got, np.array(EXPECTED_ANCHORS[level], float))
 
 
-def test_grid_anchor_order_is_y_x_a():
-    g = anchors.grid_anchors(2, 3, 4, 32, (0.5, 1.0, 2.0))
-    assert g.shape == (2 * 3 * 3, 4)
-    # flat index (y * W + x) * A + a: y=1, x=2, a=1 -> 16; shift (8, 4)
-    np.testing.assert_array_equal(g[16].numpy(), np.array([-14 + 8, -14 + 4, 17 + 8, 17 + 4], np.float32))
+def test_chosen_cells_get_the_anchors_of_detectrons_grid():
+    """level_candidates picks anchors for its top-k cells by flat index (y * W + x) * A + a;
+    Detectron enumerates the whole grid (shifts over y, x, then the A cell anchors)."""
+    cell = anchors.cell_anchors(4, 32, (0.5, 1.0, 2.0))
+    height, width, num = 2, 3, 3
+    sx, sy = np.meshgrid(np.arange(width) * 4.0, np.arange(height) * 4.0)
+    shifts = np.stack((sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()), axis=1)
+    grid = (cell[None] + shifts[:, None]).reshape(-1, 4).astype(np.float32)
+    # every cell scores differently; zero deltas decode an anchor to itself
+    logits = torch.arange(height * width * num, dtype=torch.float32).reshape(height, width, num).permute(2, 0, 1)
+    logits = (logits - 9.0) / 4.0
+    deltas = torch.zeros((4 * num, height, width))
+    im_info = torch.tensor([1000.0, 1000.0, 1.0])
+    boxes, _ = proposals.level_candidates(logits.contiguous(), deltas, torch.from_numpy(cell), 4, im_info,
+                                          (1000, 1000), 1000, 0.0, 4.135)
+    # best first = highest flat index first; boxes are clipped at 0
+    np.testing.assert_array_equal(boxes.numpy(), np.clip(grid[::-1], 0, None))
 
 
-def test_small_argsort_ties_are_stable():
-    # numpy's introsort uses insertion sort below 16 items: ties keep index order
-    assert sorting.argsort(np.ones(10, np.float32)).tolist() == list(range(10))
-    assert sorting.nms_order(np.ones(4, np.float32)).tolist() == [3, 2, 1, 0]
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_sorts_equal_the_classic_numpy_algorithms(seed):
-    # many exact ties (saturated probabilities) in arrays of the sizes the pipeline sorts
-    rng = np.random.default_rng(seed)
-    n = [40, 700, 1000, 2500, 5000, 20000][seed]
-    x = rng.choice(np.float32([-1.0, -0.99999994, -0.5, -0.25]), n)
-    np.testing.assert_array_equal(sorting.argsort(x), classic_sort.argsort(x))
-    for kth in (1, 7, n // 3, n - 1):
-        np.testing.assert_array_equal(sorting.argpartition(x, kth), classic_sort.argpartition(x, kth))
-
-
-def test_classic_sorts_are_valid_sorts():
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 30, 3000).astype(np.float32)
-    order = classic_sort.argsort(x)
-    assert sorted(order.tolist()) == list(range(3000)) and (np.diff(x[order]) >= 0).all()
-    part = classic_sort.argpartition(x, 1000)
-    assert x[part[:1000]].max() <= x[part[1000]] <= x[part[1001:]].min()
-
-
-def test_top_k_descending_with_ties_at_the_cut():
-    scores = np.array([0.5, 1.0, 1.0, 0.2, 1.0, 0.9], np.float32)
-    top = sorting.top_k_descending(scores, 3)
-    assert set(top.tolist()) == {1, 2, 4}
-    assert sorting.top_k_descending(scores, 0).tolist()[:3] == sorted(top.tolist())
+def _level(probs, deltas, im_info, stride, size, ratios):
+    cell = torch.from_numpy(anchors.cell_anchors(stride, size, ratios))
+    logits = torch.log(probs / (1 - probs))
+    info = torch.tensor(im_info)
+    boxes, scores = proposals.level_candidates(logits, deltas, cell, stride, info, (int(im_info[0]), int(im_info[1])),
+                                               1000, 0.0, 4.135)
+    return proposals.suppress_per_level([boxes], [scores], 0.7, 1000)
 
 
 def test_level_proposals_hand_case():
     # one anchor per cell on a 1x2 map, stride 16: cell 1 scores higher
-    probs = torch.tensor([[[0.2, 0.8]]])
-    deltas = torch.zeros((4, 1, 2))
-    im_info = torch.tensor([[32.0, 32.0, 1.0]])
-    boxes, scores = proposals.level_proposals(
-        probs, deltas, im_info, stride=16, anchor_size=16, aspect_ratios=(1.0,),
-        pre_nms_top_n=1000, post_nms_top_n=1000, nms_thresh=0.7, min_size=0, bbox_xform_clip=4.135,
-    )
+    (boxes,), (scores,) = _level(torch.tensor([[[0.2, 0.8]]]), torch.zeros((4, 1, 2)), [32.0, 32.0, 1.0], 16, 16,
+                                 (1.0,))
     # anchors (0,0,15,15) and (16,0,31,15); no overlap, both kept, best first
     assert scores.tolist() == pytest.approx([0.8, 0.2])
     np.testing.assert_array_equal(boxes.numpy(), [[16, 0, 31, 15], [0, 0, 15, 15]])
@@ -85,12 +68,18 @@ def test_level_proposals_clip_to_padded_size_and_drop_thin_boxes():
     # under one original pixel ((x2 - x1) / scale + 1 = 0.5) -> dropped
     deltas[4, 0, 0] = -0.25
     deltas[6, 0, 0] = -10.0
-    im_info = torch.tensor([[8.0, 8.0, 2.0]])
-    boxes, scores = proposals.level_proposals(
-        probs, deltas, im_info, stride=16, anchor_size=16, aspect_ratios=(1.0, 1.0),
-        pre_nms_top_n=1000, post_nms_top_n=1000, nms_thresh=0.7, min_size=0, bbox_xform_clip=4.135,
-    )
+    (boxes,), _ = _level(probs, deltas, [8.0, 8.0, 2.0], 16, 16, (1.0, 1.0))
     np.testing.assert_array_equal(boxes.numpy(), [[0, 0, 7, 7]])
+
+
+def test_post_nms_top_n_is_per_level():
+    """Three levels of disjoint boxes: each keeps its own best two, best first."""
+    level_boxes = [torch.tensor([[10.0 * i, 0, 10.0 * i + 5, 5] for i in range(n)]) for n in (3, 1, 4)]
+    level_scores = [torch.tensor([0.1, 0.9, 0.5]), torch.tensor([0.3]), torch.tensor([0.4, 0.3, 0.2, 0.1])]
+    boxes, scores = proposals.suppress_per_level(level_boxes, level_scores, 0.7, 2)
+    # kept indices come back ascending (cython_nms), then the first two are kept
+    assert [s.tolist() for s in scores] == [pytest.approx([0.1, 0.9]), pytest.approx([0.3]), pytest.approx([0.4, 0.3])]
+    assert [b.shape[0] for b in boxes] == [2, 1, 2]
 
 
 def test_collect_takes_best_over_levels():

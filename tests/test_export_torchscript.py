@@ -1,10 +1,9 @@
-"""`--to torchscript`: the scripted archive reproduces `Detector.predict` with torch alone.
+"""`--to torchscript`: the scripted archive is `Detector` itself and runs with torch alone.
 
-Expectations come from Detectron's golden input blobs (the OpenCV resize), from
-OpenCV itself (the mask-paste resize), and from the eager `Detector`, which
-test_golden_parity proves against Detectron's detections.  The archive runs in a
-fresh interpreter whose import path holds only torch, torchvision and their
-declared dependencies: gnconvert, OpenCV and pycocotools cannot be imported there.
+Expectations come from the eager `Detector`, which test_golden_parity proves
+against Detectron's detections.  The archive runs in a fresh interpreter whose
+import path holds only torch, torchvision and their declared dependencies:
+gnconvert, OpenCV and pycocotools cannot be imported there.
 """
 from __future__ import annotations
 
@@ -26,89 +25,36 @@ from gnconvert.architecture import bn_r50_fpn, gn_r50_fpn
 from gnconvert.converted import ConvertedCheckpoint
 from gnconvert.export import export
 from gnconvert.export.common import loaded_network
-from gnconvert.export.cv2_resize import resize_by_factor, resize_to, round_half_even
-from gnconvert.export.scripted_detector import ScriptableDetector
+from gnconvert.export.torchscript import script
 from gnconvert.export.verify import reference_detections
-from gnconvert.model import build_network
+from gnconvert.inference import Detector
+from gnconvert.inference.detector import OUTPUTS
 from gnconvert.name_mapping import detectron_to_torch
 from gnconvert.seeded import seeded_blobs
 
-GN_TAG = "R-50-FPN-GN_seed1"
 GOLDEN_IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.png", "tiny_chelsea.png"]
 SUBPROCESS_IMAGES = ["chelsea.png", "tiny_chelsea.png", "wide_synthetic.png"]
 
 
-# ----------------------------------------------------------------- the resizes
-def test_round_half_even():
-    assert [round_half_even(x) for x in (0.5, 1.5, 2.5, -0.5, 2.4999, 7.5, 1202.5)] == [0, 2, 2, 0, 2, 8, 1202]
-
-
-@pytest.mark.parametrize("image", GOLDEN_IMAGES)
-def test_preprocess_reproduces_detectrons_input_blob(golden_dir, image):
-    """im_info and the 32x32 input crop Detectron recorded, bit for bit (OpenCV/IPP's resize)."""
-    golden = np.load(golden_dir / "detectron" / f"{GN_TAG}__{image.rsplit('.', 1)[0]}.npz")
-    module = ScriptableDetector(build_network(gn_r50_fpn()), gn_r50_fpn())
-    bgr = cv2.imread(str(golden_dir / "images" / image))
-    data, im_info, _ = module.preprocess(torch.from_numpy(bgr))
-    assert np.array_equal(im_info.numpy().reshape(-1), golden["im_info"].reshape(-1))
-    assert list(data.shape) == golden["data_shape"].tolist()
-    crop = data[0, :, :32, :32].numpy()
-    assert np.array_equal(crop, golden["data_crop"].reshape(crop.shape))
-
-
-@pytest.mark.parametrize("image", GOLDEN_IMAGES)
-def test_resize_by_factor_matches_opencv_on_golden_images(golden_dir, image):
-    """Whole resized golden images, bit for bit, against cv2.resize(fx=s) itself."""
-    from gnconvert.inference.preprocess import compute_scale
-
-    bgr = cv2.imread(str(golden_dir / "images" / image))
-    im = (bgr.astype(np.float64) - np.array([102.9801, 115.9465, 122.7717])).astype(np.float32)
-    s = compute_scale(im.shape[0], im.shape[1], 800, 1333)
-    expected = cv2.resize(im, None, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-    ours = resize_by_factor(torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))), s).numpy()
-    assert np.array_equal(ours, expected)
-
-
-@pytest.mark.parametrize("height,width", [(480, 640), (640, 480), (600, 600), (375, 500), (427, 640), (47, 61),
-                                          (180, 1500), (1600, 1000), (1600, 2000), (31, 45)])
-def test_resize_by_factor_matches_opencv_on_common_shapes(height, width):
-    """COCO-like shapes at Detectron's scale (both of OpenCV/IPP's coordinate rules, up and down)."""
-    from gnconvert.inference.preprocess import compute_scale
-
-    im = (np.random.RandomState(height * width).rand(height, width, 3) * 255 - 120).astype(np.float32)
-    s = compute_scale(height, width, 800, 1333)
-    expected = cv2.resize(im, None, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-    ours = resize_by_factor(torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1))), s).numpy()
-    assert np.array_equal(ours, expected)
-
-
-def test_resize_to_matches_opencv_for_mask_paste_sizes():
-    """The paste's cv2.resize(30x30 probabilities, (w, h)), every size from 1 to 120, and some larger."""
-    rng = np.random.RandomState(0)
-    probs = rng.rand(30, 30).astype(np.float32)
-    sizes = [(w, h) for w in range(1, 121, 7) for h in range(1, 121, 5)] + [(15, 15), (30, 30), (60, 60), (517, 311)]
-    for w, h in sizes:
-        expected = cv2.resize(probs, (w, h))
-        ours = resize_to(torch.from_numpy(probs)[None], w, h)[0].numpy()
-        assert np.array_equal(ours, expected), (w, h)
-
-
-@pytest.mark.parametrize("levels", [2, 7, 1000, 1 << 20])
-def test_scripted_sorts_keep_numpys_tie_order(levels):
-    """Against numpy itself (`inference.sorting`: numpy 1.23's classic sorts), on heavily tied scores."""
-    from gnconvert.export import scripted_sort
-    from gnconvert.inference import sorting
-
-    top_k = torch.jit.script(scripted_sort.top_k_descending)
-    nms_order = torch.jit.script(scripted_sort.nms_order)
-    rng = np.random.RandomState(levels)
-    for n in (3, 16, 17, 300, 4000, 45600):
-        x = (rng.randint(0, levels, n) / levels).astype(np.float32)
-        t = torch.from_numpy(x)
-        for k in sorted({1, 2, n // 3, n - 1, 1000, n, 0}):
-            assert np.array_equal(top_k(t, k).numpy(), sorting.top_k_descending(x, k)), (n, k)
-        assert np.array_equal(nms_order(t).numpy(), sorting.nms_order(x)), n
-        assert np.array_equal(scripted_sort.argsort(-t).numpy(), sorting.argsort(-x)), n
+# ------------------------------------------------------- one pipeline, two runtimes
+@pytest.mark.parametrize("arch_name,images", [("gn", GOLDEN_IMAGES), ("bn", ["grace_hopper.jpg", "chelsea.png"])])
+def test_scripted_detector_is_bit_identical_to_eager(golden_dir, arch_name, images):
+    """The archive is `Detector` itself, scripted: same outputs to the bit, without autograd."""
+    arch = gn_r50_fpn() if arch_name == "gn" else bn_r50_fpn()
+    ckpt = ConvertedCheckpoint(state_dict=detectron_to_torch(seeded_blobs(arch, 1), arch).state_dict, arch=arch)
+    network = loaded_network(ckpt)
+    scripted = script(ckpt, network)
+    eager = Detector(network, arch).eval()
+    for name in images:
+        image = torch.from_numpy(cv2.imread(str(golden_dir / "images" / name)))
+        got, want = scripted(image), eager(image)
+        assert set(got) == set(want) == set(OUTPUTS)
+        for key in want:
+            assert not got[key].requires_grad, key
+            assert torch.equal(got[key], want[key]), (name, key)
+        predicted = eager.predict(image.numpy(), dense_masks=True)
+        assert np.array_equal(predicted.boxes, want["boxes"].numpy()) and np.array_equal(predicted.masks,
+                                                                                          want["masks"].numpy())
 
 
 def test_frozen_bn_archive_matches_detector_despite_saturated_ties(golden_dir, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -142,9 +143,9 @@ def _case(tag, image):
 def test_matches_detectron(golden_dir, detector_for, tag, image):
     reference = golden_format.load(golden_dir, tag, image)
     det = detector_for(tag)
-    features = det.compute_features(golden_dir / "images" / image)
-    intermediates = {}
-    ours = det.detect(features, intermediates=intermediates)
+    run = parity.StageRun(det, golden_dir / "images" / image)
+    ours = run.detections()
+    intermediates = dict(run.intermediates)
     report = parity.compare(reference, ours, intermediates)
 
     # 1. before any decision: the input blob and the FPN maps within float32 noise
@@ -162,16 +163,15 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     # 2. each later stage judged on Detectron's own input to it (teacher forcing),
     #    so that float noise upstream cannot hide or excuse a bug there:
     #    Detectron's 1000 RoIs -> our box head and post-processing -> its detections
-    boxes_only = det.detect(features, masks=False, given_rois=reference.intermediates["rois"])
+    boxes_only = run.boxes(rois=reference.intermediates["rois"])
     box_match = parity.match_detections(reference.detections, boxes_only, masks=False)
     assert box_match.matched_fraction == 1.0 and box_match.extra == 0, report.format()
     assert box_match.worst_box_iou >= 0.999 and box_match.worst_score_diff <= 1e-4
     np.testing.assert_array_equal(boxes_only.classes, reference.detections.classes)  # same order
 
     #    Detectron's final boxes -> our mask head and paste -> its masks
-    mask_inter = {}
-    masks_only = det.detect(features, given_detections=reference.detections, intermediates=mask_inter)
-    np.testing.assert_allclose(mask_inter["mask_probs"], reference.intermediates["mask_probs"], atol=1e-4)
+    masks_only = run.masks(reference.detections)
+    np.testing.assert_allclose(run.intermediates["mask_probs"], reference.intermediates["mask_probs"], atol=1e-4)
     ious = [parity.mask_iou(a, b) for a, b in zip(masks_only.masks_rle, reference.detections.masks_rle)]
     assert min(ious, default=1.0) >= parity.MASK_IOU
 
@@ -183,7 +183,7 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     #    integer box flips by a pixel, and, in the BN* models, exp-clipped RPN boxes
     #    whose ends cancel (x = ctr +- 0.5 * 62.5 * anchor) so sub-pixel boxes move.
     if not report.strict:
-        report.noise = parity.noise_floor(det, features, reference, ours)
+        report.noise = parity.noise_floor(run, reference, ours)
     print(report.format())
     assert report.passed, report.format()
 
@@ -225,4 +225,49 @@ def test_degenerate_inputs_and_batches(detector_for):
     dense = det.predict(bgra, dense_masks=True)
     assert dense.masks.shape == (len(dense), 2, 80)
     np.testing.assert_array_equal(dense.masks, dense.dense_masks())
-    assert set(dense.timings) >= {"preprocess", "backbone", "fpn", "rpn", "box_head", "mask_head", "paste"}
+    assert set(dense.timings) >= {"preprocess", "network", "proposals", "box_head", "box_results", "mask_head", "paste",
+                                  "rle"}
+
+
+def test_pipeline_creates_no_numpy_array(golden_dir, detector_for):
+    """Image tensor in, detection tensors out, and nothing in between touches numpy.
+
+    Every way to make an array goes through a call the profiler sees: a numpy function
+    (a Python frame in numpy's files, or a C function of a numpy module), a method of an
+    existing array, or a tensor viewed as one (Tensor.numpy, torch.from_numpy)."""
+    import sys
+
+    import cv2
+    import torch
+
+    det = detector_for("R-50-FPN-GN_seed1")
+    image = torch.from_numpy(cv2.imread(str(golden_dir / "images" / "chelsea.png")))
+    numpy_dir = os.path.dirname(np.__file__)
+
+    def watched(fn):
+        touched = []
+
+        def watch(frame, event, arg):
+            if event == "call" and frame.f_code.co_filename.startswith(numpy_dir):
+                touched.append(frame.f_code.co_name)
+            elif event == "c_call" and ((getattr(arg, "__module__", None) or "").startswith("numpy")
+                                        or isinstance(getattr(arg, "__self__", None), np.ndarray)
+                                        or getattr(arg, "__name__", "") in ("numpy", "from_numpy")):
+                touched.append(arg.__name__)
+
+        sys.setprofile(watch)
+        try:
+            out = fn()
+        finally:
+            sys.setprofile(None)
+        return out, touched
+
+    out, touched = watched(lambda: det(image))
+    assert len(out["scores"]) == 100 and out["masks"].shape == (100, 300, 451)
+    assert touched == [], touched[:10]
+
+    # and the watch does see each way in
+    for fn, name in [(lambda: np.zeros(3), "zeros"), (lambda: image.numpy(), "numpy"),
+                     (lambda: torch.from_numpy(np.ones(2)), "from_numpy"), (lambda: np.round(1.5), "round"),
+                     (lambda: np.ones(2).astype(np.float32), "astype")]:
+        assert name in watched(fn)[1], name

@@ -1,8 +1,11 @@
 """The input blob against Detectron's own (golden im_info, data shape, 32x32 crop)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from gnconvert.architecture import gn_r50_fpn
 from gnconvert.errors import UsageError
@@ -13,9 +16,10 @@ IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.pn
 
 def _blob(image, arch=None):
     arch = arch or gn_r50_fpn()
-    return preprocess.prepare(
-        preprocess.load_image(image), arch.pixel_means, arch.test.scale, arch.test.max_size, arch.coarsest_stride
-    )
+    data, im_info, scale = preprocess.input_blob(
+        torch.from_numpy(preprocess.load_image(image)), torch.tensor(arch.pixel_means, dtype=torch.float64),
+        arch.test.scale, arch.test.max_size, arch.coarsest_stride)
+    return SimpleNamespace(data=data, im_info=im_info.reshape(1, 3), scale=scale)
 
 
 @pytest.mark.parametrize("image", IMAGES)

@@ -124,12 +124,13 @@ def _check_inputs(network, arch, image) -> Tuple[Tensor, Tensor, Tensor]:
     import torch
 
     from ..inference import roi_levels
-    from ..inference.preprocess import load_image, prepare
+    from ..inference.preprocess import input_blob, load_image
 
-    blob = prepare(load_image(image), arch.pixel_means, 320, 533, arch.coarsest_stride)
+    means = torch.tensor(arch.pixel_means, dtype=torch.float64)
+    data, _, _ = input_blob(torch.from_numpy(load_image(image)), means, 320, 533, arch.coarsest_stride)
     with torch.no_grad():
-        features = network.features(blob.data)[: arch.roi_max_level - arch.rpn_min_level + 1]
-    h, w = blob.data.shape[2:]
+        features = network.features(data)[: arch.roi_max_level - arch.rpn_min_level + 1]
+    h, w = data.shape[2:]
     rng = np.random.RandomState(0)
     xy = rng.uniform(0, 1, (16, 2)) * [w * 0.8, h * 0.8]
     size = np.exp(rng.uniform(np.log(8), np.log(min(h, w) * 0.8), (16, 2)))
@@ -141,7 +142,7 @@ def _check_inputs(network, arch, image) -> Tuple[Tensor, Tensor, Tensor]:
         return roi_levels.multilevel_roi_align(features, rois, levels, arch.roi_min_level, res, ratio)
 
     with torch.no_grad():
-        return blob.data, pool(arch.box_roi_resolution, arch.box_sampling_ratio), pool(
+        return data, pool(arch.box_roi_resolution, arch.box_sampling_ratio), pool(
             arch.mask_roi_resolution, arch.mask_sampling_ratio)
 
 

@@ -29,7 +29,7 @@ INPUT = "(H, W, 3) uint8 BGR image tensor, as cv2.imread gives it"
 def extra_files(ckpt: ConvertedCheckpoint) -> Dict[str, str]:
     """The archive's `_extra_files`: JSON records (and the cfg) beside the code."""
     from .. import __version__
-    from .scripted_detector import OUTPUTS
+    from ..inference.detector import OUTPUTS
 
     arch = ckpt.arch.to_dict()
     files = {
@@ -44,13 +44,16 @@ def extra_files(ckpt: ConvertedCheckpoint) -> Dict[str, str]:
 
 
 def script(ckpt: ConvertedCheckpoint, network=None):
-    """The scripted `ScriptableDetector` for a checkpoint."""
+    """The scripted `Detector` for a checkpoint: the very module `predict` runs, weights frozen."""
     import torch
 
-    from .scripted_detector import ScriptableDetector
+    from ..inference import Detector
 
     network = loaded_network(ckpt) if network is None else network
-    return torch.jit.script(ScriptableDetector(network, ckpt.arch).eval())
+    detector = Detector(network, ckpt.arch).eval()
+    for p in detector.parameters():
+        p.requires_grad_(False)
+    return torch.jit.script(detector)
 
 
 def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:

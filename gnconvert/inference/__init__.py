@@ -1,4 +1,3 @@
-"""Detectron's test-time pipeline around the network: preprocessing, anchors,
-proposals, RoI pooling, box and mask post-processing, and the `Detector` that
-strings them together."""
-from .detector import Detector, ImageFeatures, Intermediates  # noqa: F401
+"""Detectron's test-time pipeline in torch: pre-processing, anchors, proposals, RoI
+pooling, box and mask post-processing, and the `Detector` module that runs them."""
+from .detector import Detector  # noqa: F401

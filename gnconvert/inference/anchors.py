@@ -7,11 +7,9 @@ with numpy's round-half-to-even, in float64 like Detectron, then held as float32
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
-import torch
 
 
 def _whctrs(anchor: np.ndarray):
@@ -39,19 +37,3 @@ def cell_anchors(stride: int, size: float, aspect_ratios: Sequence[float]) -> np
         w, h, x_ctr, y_ctr = _whctrs(anchor)
         out.append(_boxes_around(w * scale, h * scale, x_ctr, y_ctr))
     return np.vstack(out)
-
-
-@lru_cache(maxsize=64)
-def level_anchors(stride: int, size: float, ratios: Tuple[float, ...]) -> np.ndarray:
-    return cell_anchors(stride, size, ratios)
-
-
-def grid_anchors(
-    height: int, width: int, stride: int, size: float, aspect_ratios: Sequence[float]
-) -> torch.Tensor:
-    """(H*W*A, 4) float32 anchors in Detectron's (y, x, a) order, shifted by stride."""
-    cell = level_anchors(int(stride), float(size), tuple(float(r) for r in aspect_ratios))
-    shift_x, shift_y = np.meshgrid(np.arange(width) * float(stride), np.arange(height) * float(stride))
-    shifts = np.stack((shift_x.ravel(), shift_y.ravel(), shift_x.ravel(), shift_y.ravel()), axis=1)
-    anchors = (cell[None, :, :] + shifts[:, None, :]).reshape(-1, 4)
-    return torch.from_numpy(anchors.astype(np.float32))

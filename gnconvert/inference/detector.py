@@ -1,40 +1,51 @@
 """`Detector`: a converted network plus Detectron's test-time pipeline (core/test.py
-`im_detect_all`), one image at a time as Detectron ran it.
+`im_detect_all`), as one TorchScript-able module.
 
-The network holds only learned layers; every decision Detectron makes between
-them (proposal selection, level assignment, NMS, the per-image limit, the mask
-paste) is in the sibling modules, each proven against Detectron's outputs.
+The stages, each a public method with tensors in and out, in the order they run:
+
+    input_blob(image)                     -> data, im_info, scale
+    features(data)                        -> P2..P6, RPN logits, RPN deltas (network)
+    proposals(logits, deltas, im_info, .) -> per-level boxes and probabilities
+    collect(level boxes, level scores)    -> the RoIs
+    box_head(feats, rois)                 -> class probabilities, box deltas (network)
+    box_results(rois, probs, deltas, ...) -> boxes, scores, classes
+    mask_head(feats, boxes, classes, .)   -> 28 x 28 probabilities (network)
+    paste(probs, boxes, height, width)    -> mask crops and where they start
+
+`forward` runs them all on one (H, W, 3) uint8 BGR tensor; `torch.jit.script`
+saves this very module for `gnconvert export --to torchscript`.  `predict` and
+`predict_batch` are the Python API around the same stages (images of any kind in,
+`Detections` out, RLE masks made on the host at the end).  Parity checks call the
+stages one by one and feed Detectron's own input to any of them.
+
+Everything runs on the model's device.  Host syncs between the network and the
+final detections, each forced by a data-dependent size or decision:
+- the numpy-order sorts: one tie check per sort; with ties, a few scalar reads per
+  partition pass (`sorting`);
+- NMS: the groups' sizes and one convergence test per round (`nms`);
+- the sizes of the per-level proposal lists after NMS (`proposals`);
+- the mask paste: the boxes' integer corners (`mask_postprocess`);
+- `box_results`: the number of detections (boolean indexing).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..architecture import Architecture
-from ..detections import Detections
 from . import box_postprocess, mask_postprocess, preprocess, proposals, roi_levels
-from .preprocess import ImageInput
+from .anchors import cell_anchors
 
-Intermediates = Dict[str, np.ndarray]
-
-STAGES = ("preprocess", "backbone", "fpn", "rpn", "box_head", "mask_head", "paste")
-
-
-@dataclass
-class ImageFeatures:
-    """What the network computes once per image; `Detector.detect` takes it from there."""
-
-    blob: preprocess.ImageBlob
-    feats: List[torch.Tensor]  # P2..P6, batch of one
-    logits: List[torch.Tensor]  # per level (A, H, W)
-    deltas: List[torch.Tensor]  # per level (4A, H, W)
-    timings: Dict[str, float]
+OUTPUTS = {
+    "boxes": "(N, 4) float32 x1, y1, x2, y2 in original-image pixels (Detectron's inclusive convention)",
+    "scores": "(N,) float32",
+    "classes": "(N,) int64 Detectron's contiguous class index 1..80",
+    "mask_probs": "(N, 28, 28) float32 sigmoid of each detection's own class",
+    "masks": "(N, H, W) uint8 binary masks pasted into the image (Detectron's segm_results)",
+}
 
 
 class _Clock:
@@ -53,262 +64,213 @@ class _Clock:
         self._t = now
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def _with_batch_column(boxes: torch.Tensor) -> np.ndarray:
-    return np.hstack([np.zeros((boxes.shape[0], 1), np.float32), _np(boxes).astype(np.float32)])
-
-
 class Detector(nn.Module):
     """Detectron's Mask R-CNN inference around a `MaskRCNNNetwork`.
 
     >>> det = Detector(network, arch).eval()
     >>> result = det.predict("image.jpg")      # Detections in original pixels
+    >>> out = det(torch.from_numpy(cv2.imread("image.jpg")))   # dict of tensors (see OUTPUTS)
     """
 
-    def __init__(self, network: nn.Module, arch: Architecture, channels_last_on_cpu: bool = False):
+    __jit_unused_properties__ = ["device"]
+
+    def __init__(self, network: nn.Module, arch: Architecture):
         super().__init__()
+        if arch.kind != "mask_rcnn":
+            raise ValueError(f"Detector needs a mask_rcnn architecture, not {arch.kind!r}")
+        t = arch.test
         self.network = network
         self.arch = arch
-        # Opt-in: oneDNN's convolutions are ~25% faster on NHWC, but their float32
-        # noise against Caffe2 doubles (FPN ~2e-6 -> 4e-6 relative), which in the
-        # noise-sensitive BN* golden runs costs matched detections (R-50-FPN-BN
-        # grace_hopper: 79/80 -> 75/80).  CUDA always keeps NCHW, which the fused
-        # GroupNorm kernel expects.
-        self.channels_last_on_cpu = channels_last_on_cpu
-        self._layout: Optional[torch.memory_format] = None
-
-    def _ensure_layout(self) -> None:
-        wanted = torch.channels_last if (self.channels_last_on_cpu and self.device.type == "cpu") else torch.contiguous_format
-        if self._layout != wanted:
-            self.network.to(memory_format=wanted)
-            self._layout = wanted
-
-    def forward(self, image: ImageInput, masks: bool = True, dense_masks: bool = False) -> Detections:
-        return self.predict(image, masks, dense_masks)
+        levels = range(arch.rpn_min_level, arch.rpn_max_level + 1)
+        anchors = [torch.from_numpy(cell_anchors(2**k, arch.anchor_start_size * 2.0 ** (k - arch.rpn_min_level),
+                                                 arch.aspect_ratios)) for k in levels]
+        self.register_buffer("pixel_means", torch.tensor(arch.pixel_means, dtype=torch.float64), persistent=False)
+        self.register_buffer("cell_anchors", torch.stack(anchors), persistent=False)  # (L, A, 4) float64
+        self.test_scale = int(t.scale)
+        self.max_size = int(t.max_size)
+        self.coarsest_stride = int(arch.coarsest_stride)
+        self.rpn_min_level = int(arch.rpn_min_level)
+        self.rpn_max_level = int(arch.rpn_max_level)
+        self.pre_nms_top_n = int(t.rpn_pre_nms_top_n)
+        self.post_nms_top_n = int(t.rpn_post_nms_top_n)
+        self.rpn_nms_thresh = float(t.rpn_nms_thresh)
+        self.rpn_min_size = float(t.rpn_min_size)
+        self.bbox_xform_clip = float(arch.bbox_xform_clip)
+        self.roi_min_level = int(arch.roi_min_level)
+        self.roi_max_level = int(arch.roi_max_level)
+        self.canonical_scale = int(arch.roi_canonical_scale)
+        self.canonical_level = int(arch.roi_canonical_level)
+        self.box_resolution = int(arch.box_roi_resolution)
+        self.box_sampling_ratio = int(arch.box_sampling_ratio)
+        self.mask_roi_resolution = int(arch.mask_roi_resolution)
+        self.mask_sampling_ratio = int(arch.mask_sampling_ratio)
+        self.num_classes = int(arch.num_classes)
+        self.mask_resolution = int(arch.mask_resolution)
+        self.bbox_reg_weights: List[float] = [float(w) for w in arch.bbox_reg_weights]
+        self.score_thresh = float(t.score_thresh)
+        self.nms_thresh = float(t.nms)
+        self.detections_per_im = int(t.detections_per_im)
+        self.mask_thresh = float(t.mask_thresh_binarize)
 
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
-    # ---------------------------------------------------------------- public API
-    @torch.no_grad()
-    def predict(self, image: ImageInput, masks: bool = True, dense_masks: bool = False) -> Detections:
-        """Detections for one BGR uint8 HxWx3 image (or a path), Detectron's order.
+    # ------------------------------------------------------------------ stages
+    def input_blob(self, image: Tensor) -> Tuple[Tensor, Tensor, float]:
+        """(H, W, 3) uint8 BGR -> (1, 3, H_pad, W_pad) input, im_info (3,), the float64 scale."""
+        return preprocess.input_blob(image, self.pixel_means, self.test_scale, self.max_size, self.coarsest_stride)
 
-        masks: also run the mask head and paste RLE masks.  dense_masks: also keep
-        the (N, H, W) uint8 masks as `result.masks` (the RLEs are always there).
-        """
-        return self._run(image, masks, dense_masks, None)
+    def features(self, data: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """The image-level network: (N, 3, H, W) -> P2..P6, RPN logits (N, A, h, w), deltas (N, 4A, h, w)."""
+        return self.network(data)
 
-    @torch.no_grad()
-    def predict_batch(
-        self, images: Sequence[ImageInput], masks: bool = True, dense_masks: bool = False
-    ) -> List[Detections]:
-        """`predict` for each image.  Images whose padded inputs have the same size
-        share one forward pass of body + FPN + RPN head; mixing sizes in one batch
-        would change GroupNorm's statistics (padding joins them), so it is never done."""
-        blobs = [self._prepare(im) for im in images]
-        results: List[Optional[Detections]] = [None] * len(blobs)
-        groups: Dict[Tuple[int, int], List[int]] = {}
-        for i, (blob, _) in enumerate(blobs):
-            groups.setdefault(tuple(blob.data.shape[2:]), []).append(i)
-        for idxs in groups.values():
-            clock = _Clock(self.device)
-            data = torch.cat([blobs[i][0].data for i in idxs]).to(self.device)
-            feats, logits, deltas = self._forward_features(data, clock)
-            share = {k: v / len(idxs) for k, v in clock.times.items()}
-            for j, i in enumerate(idxs):
-                blob, prep_time = blobs[i]
-                per = _Clock(self.device)
-                per.times = dict(share, preprocess=prep_time)
-                results[i] = self._heads(
-                    blob,
-                    [f[j : j + 1] for f in feats],
-                    [x[j] for x in logits],
-                    [x[j] for x in deltas],
-                    masks,
-                    dense_masks,
-                    per,
-                    None,
-                )
-        return [r for r in results if r is not None]
+    def proposals(self, logits: List[Tensor], deltas: List[Tensor], im_info: Tensor,
+                  padded_size: Tuple[int, int]) -> Tuple[List[Tensor], List[Tensor]]:
+        """One image's per-level RPN proposals after NMS: boxes (P, 4) and probabilities (P,), level by
+        level, from its logits (A, h, w) and deltas (4A, h, w)."""
+        boxes: List[Tensor] = []
+        scores: List[Tensor] = []
+        for i in range(len(logits)):
+            level = self.rpn_min_level + i
+            b, s = proposals.level_candidates(
+                logits[i], deltas[i], self.cell_anchors[i], 1 << level, im_info, padded_size, self.pre_nms_top_n,
+                self.rpn_min_size, self.bbox_xform_clip)
+            boxes.append(b)
+            scores.append(s)
+        return proposals.suppress_per_level(boxes, scores, self.rpn_nms_thresh, self.post_nms_top_n)
 
-    @torch.no_grad()
-    def predict_with_intermediates(self, image: ImageInput, masks: bool = True) -> Tuple[Detections, Intermediates]:
-        """`predict` plus the blobs Detectron's golden files hold, under the same names
-        (im_info, data_shape, data_crop, pK_shape/_channel_mean/_crop,
-        rpn_rois_fpnK, rpn_roi_probs_fpnK, rois, cls_prob, bbox_pred, mask_rois, mask_probs)."""
-        inter: Intermediates = {}
-        det = self._run(image, masks, False, inter)
-        return det, inter
+    def collect(self, level_boxes: List[Tensor], level_scores: List[Tensor]) -> Tensor:
+        """The best RPN_POST_NMS_TOP_N proposals over all levels: the RoIs (R, 4) in input pixels."""
+        return proposals.collect(level_boxes, level_scores, self.post_nms_top_n)
 
-    # ---------------------------------------------------------------- pipeline
-    def _prepare(self, image: ImageInput):
-        t0 = time.perf_counter()
-        im = preprocess.load_image(image)
-        a = self.arch
-        blob = preprocess.prepare(im, a.pixel_means, a.test.scale, a.test.max_size, a.coarsest_stride)
-        return blob, time.perf_counter() - t0
+    def _pool(self, feats: List[Tensor], rois: Tensor, resolution: int, sampling_ratio: int) -> Tensor:
+        levels = roi_levels.assign_levels(rois, self.roi_min_level, self.roi_max_level, self.canonical_scale,
+                                          self.canonical_level)
+        roi_feats = feats[self.roi_min_level - self.rpn_min_level: self.roi_max_level - self.rpn_min_level + 1]
+        return roi_levels.multilevel_roi_align(roi_feats, rois, levels, self.roi_min_level, resolution, sampling_ratio)
 
-    def _run(self, image: ImageInput, masks: bool, dense_masks: bool, inter: Optional[Intermediates]) -> Detections:
-        return self.detect(self.compute_features(image), masks, dense_masks, inter)
-
-    @torch.no_grad()
-    def compute_features(self, image: ImageInput) -> ImageFeatures:
-        """The image-level half: input blob, P2..P6 and the RPN head's outputs."""
-        blob, prep_time = self._prepare(image)
-        clock = _Clock(self.device)
-        feats, logits, deltas = self._forward_features(blob.data.to(self.device), clock)
-        return ImageFeatures(blob, feats, [x[0] for x in logits], [x[0] for x in deltas], dict(clock.times, preprocess=prep_time))
-
-    @torch.no_grad()
-    def detect(
-        self,
-        features: ImageFeatures,
-        masks: bool = True,
-        dense_masks: bool = False,
-        intermediates: Optional[Intermediates] = None,
-        given_rois: Optional[np.ndarray] = None,
-        given_detections: Optional[Detections] = None,
-    ) -> Detections:
-        """The RoI-level half on computed features.
-
-        given_rois (R, 5) replaces the proposals and given_detections replaces the
-        box results fed to the mask head ("teacher forcing", for parity checks:
-        each later stage can be judged on Detectron's own input to it).
-        """
-        clock = _Clock(self.device)
-        clock.times = dict(features.timings)
-        blob = features.blob
-        if intermediates is not None:
-            intermediates["im_info"] = _np(blob.im_info)
-            intermediates["data_shape"] = np.array(blob.data.shape, dtype=np.int64)
-            intermediates["data_crop"] = _np(blob.data[0, :, :32, :32])
-        return self._heads(
-            blob, features.feats, features.logits, features.deltas, masks, dense_masks, clock, intermediates,
-            given_rois, given_detections,
-        )
-
-    def _forward_features(self, data: torch.Tensor, clock: _Clock):
-        self._ensure_layout()
-        net = self.network
-        body = net.body(data)
-        clock.lap("backbone")
-        feats = net.fpn(body)
-        clock.lap("fpn")
-        logits, deltas = net.rpn_head(feats)
-        clock.lap("rpn")
-        return feats, logits, deltas
-
-    def _heads(
-        self, blob, feats, logits, deltas, masks, dense_masks, clock: _Clock, inter, given_rois=None, given_detections=None
-    ) -> Detections:
-        a, t, net = self.arch, self.arch.test, self.network
-        im_info = blob.im_info.to(self.device)
-        if inter is not None:
-            for k, f in enumerate(feats, start=a.rpn_min_level):
-                inter[f"p{k}_shape"] = np.array(f.shape, dtype=np.int64)
-                inter[f"p{k}_channel_mean"] = _np(f[0].mean(dim=(1, 2)))
-                inter[f"p{k}_crop"] = _np(f[0, :8, :16, :16])
-
-        roi_feats = feats[a.roi_min_level - a.rpn_min_level : a.roi_max_level - a.rpn_min_level + 1]
-        if given_detections is not None:  # straight to the mask head with these boxes
-            det = dataclasses.replace(given_detections, masks_rle=None, mask_probs=None, timings={})
-            res = box_postprocess.BoxResults(
-                boxes=torch.as_tensor(det.boxes, device=self.device),
-                scores=torch.as_tensor(det.scores, device=self.device),
-                classes=torch.as_tensor(det.classes),
-            )
-            if masks:
-                self._masks(det, res, feats, roi_feats, blob, dense_masks, clock, inter)
-            det.timings = dict(clock.times)
-            return det
-
-        level_boxes, level_scores = [], []
-        for i, k in enumerate(range(a.rpn_min_level, a.rpn_max_level + 1)):
-            boxes, scores = proposals.level_proposals(
-                proposals.sigmoid(logits[i]),
-                deltas[i],
-                im_info,
-                stride=2**k,
-                anchor_size=a.anchor_start_size * 2.0 ** (k - a.rpn_min_level),
-                aspect_ratios=a.aspect_ratios,
-                pre_nms_top_n=t.rpn_pre_nms_top_n,
-                post_nms_top_n=t.rpn_post_nms_top_n,
-                nms_thresh=t.rpn_nms_thresh,
-                min_size=t.rpn_min_size,
-                bbox_xform_clip=a.bbox_xform_clip,
-            )
-            level_boxes.append(boxes)
-            level_scores.append(scores)
-            if inter is not None:
-                inter[f"rpn_rois_fpn{k}"] = _with_batch_column(boxes)
-                inter[f"rpn_roi_probs_fpn{k}"] = _np(scores).reshape(-1, 1)
-        rois = proposals.collect(level_boxes, level_scores, t.rpn_post_nms_top_n)
-        if given_rois is not None:
-            rois = torch.as_tensor(np.asarray(given_rois, np.float32)[:, 1:5], device=rois.device)
-        clock.lap("rpn")
-
-        levels = roi_levels.assign_levels(
-            rois, a.roi_min_level, a.roi_max_level, a.roi_canonical_scale, a.roi_canonical_level
-        )
-        x = roi_levels.multilevel_roi_align(
-            roi_feats, rois, levels, a.roi_min_level, a.box_roi_resolution, a.box_sampling_ratio
-        )
+    def box_head(self, feats: List[Tensor], rois: Tensor) -> Tuple[Tensor, Tensor]:
+        """RoIs (R, 4) of one image (feats of batch one) -> class probabilities (R, K), box deltas (R, 4K)."""
+        x = self._pool(feats, rois, self.box_resolution, self.box_sampling_ratio)
         if rois.shape[0] == 0:  # nothing survived the RPN: no detections, no crash
-            cls_prob = x.new_zeros((0, a.num_classes))
-            bbox_pred = x.new_zeros((0, 4 * a.num_classes))
-        else:
-            cls_score, bbox_pred = net.box_predictor(net.box_head(x))
-            cls_prob = torch.softmax(cls_score, dim=1)
-        pred = box_postprocess.detect_boxes(
-            rois, cls_prob, bbox_pred, blob.scale, blob.image_size, a.bbox_reg_weights, a.bbox_xform_clip
-        )
-        res = box_postprocess.results_with_nms_and_limit(
-            cls_prob, pred, t.score_thresh, t.nms, t.detections_per_im
-        )
-        if inter is not None:
-            inter["rois"] = _with_batch_column(rois)
-            inter["cls_prob"] = _np(cls_prob)
-            inter["bbox_pred"] = _np(bbox_pred)
-        clock.lap("box_head")
+            return x.new_zeros((0, self.num_classes)), x.new_zeros((0, 4 * self.num_classes))
+        cls_score, bbox_pred = self.network.box_predictor(self.network.box_head(x))
+        return torch.softmax(cls_score, dim=1), bbox_pred
 
-        det = Detections(
-            boxes=_np(res.boxes).astype(np.float32).reshape(-1, 4),
-            scores=_np(res.scores).astype(np.float32),
-            classes=_np(res.classes).astype(np.int64),
-            image_size=blob.image_size,
-        )
+    def box_results(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, scale: float, height: int,
+                    width: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Class-specific decoding in original pixels, per-class threshold + NMS, the per-image limit
+        -> boxes (N, 4), scores (N,), classes (N,) int64, in Detectron's order."""
+        boxes = box_postprocess.class_boxes(rois, bbox_pred, scale, height, width, self.bbox_reg_weights,
+                                            self.bbox_xform_clip)
+        return box_postprocess.results_with_nms_and_limit(cls_prob, boxes, self.score_thresh, self.nms_thresh,
+                                                          self.detections_per_im)
+
+    def mask_head(self, feats: List[Tensor], boxes: Tensor, classes: Tensor, scale: float) -> Tensor:
+        """Final boxes (N, 4) in original pixels -> (N, 28, 28) probabilities of their own classes."""
+        m = self.mask_resolution
+        if boxes.shape[0] == 0:
+            return torch.zeros((0, m, m), dtype=torch.float32, device=boxes.device)
+        x = self._pool(feats, mask_postprocess.mask_rois(boxes, scale), self.mask_roi_resolution,
+                       self.mask_sampling_ratio)
+        return mask_postprocess.class_probs(self.network.mask_head(x), classes)
+
+    def paste(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tuple[List[Tensor], Tensor]:
+        """Detectron's segm_results: each mask's binary crop inside the image and where it starts (y, x)."""
+        return mask_postprocess.paste(probs, boxes, height, width, self.mask_thresh)
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, image: Tensor) -> Dict[str, Tensor]:
+        """image: (H, W, 3) uint8 BGR, as cv2.imread gives it -> see OUTPUTS."""
+        if image.dim() != 3 or image.shape[2] != 3 or image.dtype != torch.uint8:
+            raise ValueError("expected a (H, W, 3) uint8 BGR image tensor")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError("expected an image at least 1x1")
+        with torch.no_grad():
+            height, width = image.shape[0], image.shape[1]
+            data, im_info, scale = self.input_blob(image)
+            feats, logits, deltas = self.features(data)
+            level_boxes, level_scores = self.proposals([x[0] for x in logits], [x[0] for x in deltas], im_info,
+                                                       (data.shape[2], data.shape[3]))
+            rois = self.collect(level_boxes, level_scores)
+            cls_prob, bbox_pred = self.box_head(feats, rois)
+            boxes, scores, classes = self.box_results(rois, cls_prob, bbox_pred, scale, height, width)
+            probs = self.mask_head(feats, boxes, classes, scale)
+            crops, starts = self.paste(probs, boxes, height, width)
+            masks = mask_postprocess.dense(crops, starts, height, width)
+        return {"boxes": boxes, "scores": scores, "classes": classes, "mask_probs": probs, "masks": masks}
+
+    # -------------------------------------------------------------- Python API
+    @torch.jit.unused
+    def predict(self, image, masks: bool = True, dense_masks: bool = False, channel_order: str = "BGR"):
+        """Detections for one image, Detectron's order.
+
+        image: a path, a PIL image, or a uint8 HxWx3 numpy array / torch tensor in
+        `channel_order` ("BGR" as cv2.imread gives it, or "RGB").  masks: also run the
+        mask head and paste RLE masks.  dense_masks: also keep (N, H, W) uint8 masks.
+        """
+        return self.predict_batch([image], masks, dense_masks, channel_order)[0]
+
+    @torch.jit.unused
+    def predict_batch(self, images: Sequence, masks: bool = True, dense_masks: bool = False,
+                      channel_order: str = "BGR") -> list:
+        """`predict` for each image.  Images whose padded inputs have the same size share one
+        forward pass of body + FPN + RPN head; mixing sizes in one batch would change
+        GroupNorm's statistics (padding joins them), so it is never done."""
+        dev = self.device
+        prepared = []
+        with torch.no_grad():
+            for image in images:
+                t0 = time.perf_counter()
+                bgr = torch.from_numpy(preprocess.load_image(image, channel_order)).to(dev)
+                data, im_info, scale = self.input_blob(bgr)
+                clock = _Clock(dev)
+                clock.times["preprocess"] = time.perf_counter() - t0
+                prepared.append((bgr.shape[0], bgr.shape[1], data, im_info, scale, clock))
+            groups: Dict[Tuple[int, int], List[int]] = {}
+            for i, p in enumerate(prepared):
+                groups.setdefault(tuple(p[2].shape[2:]), []).append(i)
+            results: List[Optional[object]] = [None] * len(prepared)
+            for idxs in groups.values():
+                clock = _Clock(dev)
+                feats, logits, deltas = self.features(torch.cat([prepared[i][2] for i in idxs]))
+                clock.lap("network")
+                for j, i in enumerate(idxs):
+                    height, width, data, im_info, scale, own = prepared[i]
+                    own.times.update({k: v / len(idxs) for k, v in clock.times.items()})
+                    own._t = time.perf_counter()
+                    results[i] = self._heads(
+                        [f[j: j + 1] for f in feats], [x[j] for x in logits], [x[j] for x in deltas], im_info,
+                        (data.shape[2], data.shape[3]), scale, height, width, masks, dense_masks, own)
+        return results
+
+    @torch.jit.unused
+    def _heads(self, feats, logits, deltas, im_info, padded_size, scale, height, width, masks, dense_masks,
+               clock: _Clock):
+        from ..detections import Detections
+        from . import rle
+
+        level_boxes, level_scores = self.proposals(logits, deltas, im_info, padded_size)
+        rois = self.collect(level_boxes, level_scores)
+        clock.lap("proposals")
+        cls_prob, bbox_pred = self.box_head(feats, rois)
+        clock.lap("box_head")
+        boxes, scores, classes = self.box_results(rois, cls_prob, bbox_pred, scale, height, width)
+        clock.lap("box_results")
+        det = Detections(boxes=boxes.cpu().numpy().reshape(-1, 4), scores=scores.cpu().numpy(),
+                         classes=classes.cpu().numpy(), image_size=(height, width))
         if masks:
-            self._masks(det, res, feats, roi_feats, blob, dense_masks, clock, inter)
+            probs = self.mask_head(feats, boxes, classes, scale)
+            clock.lap("mask_head")
+            crops, starts = self.paste(probs, boxes, height, width)
+            if dense_masks:
+                det.masks = mask_postprocess.dense(crops, starts, height, width).cpu().numpy()
+            host_crops = [c.cpu().numpy() for c in crops]
+            host_starts = starts.cpu().numpy()
+            clock.lap("paste")
+            det.mask_probs = probs.cpu().numpy()
+            det.masks_rle = rle.encode(host_crops, host_starts, (height, width))
+            clock.lap("rle")
         det.timings = dict(clock.times)
         return det
-
-    def _masks(self, det, res, feats, roi_feats, blob, dense_masks, clock: _Clock, inter) -> None:
-        a, net = self.arch, self.network
-        m = a.mask_resolution
-        if len(det) == 0:
-            probs = np.zeros((0, m, m), np.float32)
-            mrois = torch.zeros((0, 4))
-        else:
-            mrois = mask_postprocess.mask_rois(res.boxes, blob.scale)
-            levels = roi_levels.assign_levels(
-                mrois, a.roi_min_level, a.roi_max_level, a.roi_canonical_scale, a.roi_canonical_level
-            )
-            x = roi_levels.multilevel_roi_align(
-                roi_feats, mrois, levels, a.roi_min_level, a.mask_roi_resolution, a.mask_sampling_ratio
-            )
-            probs = _np(mask_postprocess.class_probs(net.mask_head(x), res.classes))
-        clock.lap("mask_head")
-        pasted = mask_postprocess.paste_masks(probs, det.boxes, det.image_size, a.test.mask_thresh_binarize)
-        det.masks_rle = mask_postprocess.encode(pasted)
-        det.mask_probs = probs
-        if dense_masks:
-            det.masks = pasted  # (N, H, W) uint8, beside the RLEs
-        clock.lap("paste")
-        if inter is not None:
-            inter["mask_rois"] = _with_batch_column(mrois)
-            inter["mask_probs"] = probs

@@ -2,79 +2,91 @@
 im_detect_mask, segm_results).
 
 The mask RoIs are the final boxes times the image scale (float64, then float32).
-Paste-back: each box is expanded about its centre by (M+2)/M (M = 28) and
-truncated to int32 toward zero; the M x M probabilities get a one-pixel zero
+Paste-back: each box is expanded about its centre by (M+2)/M (M = 28) in float32
+and truncated to int32 toward zero; the M x M probabilities get a one-pixel zero
 border (30 x 30) and OpenCV's bilinear resize to the box's "+1" size (at least
-1 x 1); pixels > 0.5 are set, and the result is pasted, clipped to the image.
-RLE by pycocotools from a Fortran-ordered H x W x 1 array, counts as str.
+1 x 1, `cv2_resize`); pixels > 0.5 are set, and the result is pasted, clipped to
+the image.
+
+A pasted mask is kept as its crop: the part of the resized box inside the image,
+and where it starts.  Image-sized (N, H, W) masks are made only when asked for
+(`dense`); RLEs come from the crops (`rle`), so a 4000 x 3000 photo with 100
+detections never holds 1.2 GB of masks.  The resizes run batched, in chunks that
+bound their padded size.  Host sync: the boxes' integer corners (the crops' sizes).
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
-import cv2
-import numpy as np
 import torch
-from pycocotools import mask as mask_util
+from torch import Tensor
 
+from .cv2_resize import resize_each_to
 
-def mask_rois(boxes: torch.Tensor, im_scale: float) -> torch.Tensor:
+def mask_rois(boxes: Tensor, im_scale: float) -> Tensor:
     """Final boxes (N, 4) in original pixels -> network-input pixels, Detectron's rounding."""
     return (boxes.to(torch.float64) * im_scale).to(torch.float32)
 
 
-def class_probs(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def class_probs(mask_logits: Tensor, classes: Tensor) -> Tensor:
     """(N, K, M, M) logits -> (N, M, M) sigmoid of each detection's own class."""
     n = mask_logits.shape[0]
     picked = mask_logits[torch.arange(n, device=mask_logits.device), classes.to(mask_logits.device)]
     return 1.0 / (1.0 + torch.exp(-picked))
 
 
-def expand_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
-    """`expand_boxes`, in the boxes' dtype, then float64 as Detectron's np.zeros is."""
-    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
-    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
+def reference_boxes(boxes: Tensor, resolution: int) -> Tensor:
+    """`expand_boxes(boxes, (M+2)/M).astype(int32)`: float32 arithmetic, truncated -> (N, 4) int64."""
+    scale = (resolution + 2.0) / resolution
+    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
     x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
     y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    w_half = w_half * scale
-    h_half = h_half * scale
-    out = np.zeros(boxes.shape)
-    out[:, 0] = x_c - w_half
-    out[:, 2] = x_c + w_half
-    out[:, 1] = y_c - h_half
-    out[:, 3] = y_c + h_half
-    return out
+    expanded = torch.stack((x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half), dim=1)
+    return expanded.to(torch.int32).to(torch.int64)
 
 
-def paste_masks(
-    probs: np.ndarray, boxes: np.ndarray, image_size: Tuple[int, int], threshold: float = 0.5
-) -> np.ndarray:
-    """(N, M, M) probabilities + (N, 4) float32 boxes -> (N, H, W) uint8 masks."""
-    im_h, im_w = image_size
+def paste(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: float, budget: int = 1 << 22
+          ) -> Tuple[List[Tensor], Tensor]:
+    """(N, M, M) probabilities + (N, 4) float32 boxes -> each mask's crop inside the image
+    ((h_i, w_i) uint8, possibly empty) and where the crops start, (N, 2) int64 (y, x).
+    budget bounds chunk * longest_h * longest_w resized pixels at once."""
     n, m = probs.shape[0], probs.shape[-1]
-    out = np.zeros((n, im_h, im_w), dtype=np.uint8)
-    if n == 0:
-        return out
-    ref = expand_boxes(np.asarray(boxes, dtype=np.float32), (m + 2.0) / m).astype(np.int32)
-    padded = np.zeros((m + 2, m + 2), dtype=np.float32)
-    for i in range(n):
-        padded[1:-1, 1:-1] = probs[i]
-        x1, y1, x2, y2 = (int(v) for v in ref[i])
-        w = max(x2 - x1 + 1, 1)
-        h = max(y2 - y1 + 1, 1)
-        mask = np.array(cv2.resize(padded, (w, h)) > threshold, dtype=np.uint8)
-        x0, x_1 = max(x1, 0), min(x2 + 1, im_w)
-        y0, y_1 = max(y1, 0), min(y2 + 1, im_h)
-        if x_1 > x0 and y_1 > y0:
-            out[i, y0:y_1, x0:x_1] = mask[y0 - y1 : y_1 - y1, x0 - x1 : x_1 - x1]
+    ref = reference_boxes(boxes, m)
+    ref_w = torch.clamp(ref[:, 2] - ref[:, 0] + 1, min=1)
+    ref_h = torch.clamp(ref[:, 3] - ref[:, 1] + 1, min=1)
+    x0 = torch.clamp(ref[:, 0], min=0)
+    y0 = torch.clamp(ref[:, 1], min=0)
+    x1 = torch.clamp(ref[:, 2] + 1, max=width)
+    y1 = torch.clamp(ref[:, 3] + 1, max=height)
+    # everything the crops need, read back at once: the one sync of the paste
+    corners: List[List[int]] = torch.stack((ref[:, 0], ref[:, 1], ref_w, ref_h, x0, y0, x1, y1), 1).tolist()
+    padded = torch.zeros((n, m + 2, m + 2), dtype=torch.float32, device=probs.device)
+    padded[:, 1:-1, 1:-1] = probs
+    crops: List[Tensor] = []
+    start = 0
+    while start < n:
+        end, longest_w, longest_h = start, 1, 1
+        while end < n:
+            w, h = max(longest_w, corners[end][2]), max(longest_h, corners[end][3])
+            if end > start and (end - start + 1) * w * h > budget:
+                break
+            longest_w, longest_h = w, h
+            end += 1
+        chunk = resize_each_to(padded[start:end], ref_w[start:end], ref_h[start:end], longest_w, longest_h)
+        binary = (chunk > threshold).to(torch.uint8)
+        for i in range(start, end):
+            bx, by, _, _, cx0, cy0, cx1, cy1 = corners[i]
+            crops.append(binary[i - start, cy0 - by: max(cy1, cy0) - by, cx0 - bx: max(cx1, cx0) - bx])
+        start = end
+    return crops, torch.stack((y0, x0), 1)
+
+
+def dense(crops: List[Tensor], starts: Tensor, height: int, width: int) -> Tensor:
+    """(N, H, W) uint8 image-sized masks from the crops."""
+    out = torch.zeros((len(crops), height, width), dtype=torch.uint8, device=starts.device)
+    corners: List[List[int]] = starts.tolist()
+    for i, crop in enumerate(crops):
+        y, x = corners[i][0], corners[i][1]
+        out[i, y: y + crop.shape[0], x: x + crop.shape[1]] = crop
     return out
-
-
-def encode(masks: np.ndarray) -> List[dict]:
-    """(N, H, W) uint8 -> COCO RLEs with str counts, one per mask."""
-    rles = []
-    for mask in masks:
-        rle = mask_util.encode(np.array(mask[:, :, None], order="F"))[0]
-        rle["counts"] = rle["counts"].decode("ascii")
-        rles.append(rle)
-    return rles

@@ -1,87 +1,100 @@
-"""The network input exactly as Detectron builds it (utils/blob.py).
+"""The network input exactly as Detectron builds it (utils/blob.py), and the images it takes.
 
-uint8 BGR -> float32 -> minus PIXEL_MEANS (computed in float64, as numpy did)
--> OpenCV bilinear resize by the factor s itself -> zero pad bottom/right to a
-multiple of the coarsest FPN stride.  OpenCV is used for the resize because it
-samples with `s`, not with output/input size, and rounds the output size its own
-way; torch's interpolate would differ in the last pixels.
+`load_image` (host, before the pipeline): a path, a numpy array, a PIL image or a
+torch tensor -> the BGR uint8 H x W x 3 array `cv2.imread` would give.
+
+`input_blob` (the pipeline's first stage, torch on any device): uint8 BGR ->
+float64 minus PIXEL_MEANS -> float32 -> OpenCV's bilinear resize by the factor s
+itself (`cv2_resize`, bit-exact with OpenCV's IPP path) -> zero pad bottom/right
+to a multiple of the coarsest FPN stride; im_info = (padded h, padded w, s).
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Any, Tuple
 
-import cv2
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..errors import UsageError
+from .cv2_resize import resize_by_factor, round_half_even
 
-ImageInput = Union[np.ndarray, str, os.PathLike]
-
-
-@dataclass
-class ImageBlob:
-    data: torch.Tensor  # (1, 3, H_pad, W_pad) float32
-    im_info: torch.Tensor  # (1, 3) float32: padded height, padded width, scale
-    scale: float  # the exact float64 factor Detectron keeps in Python
-    image_size: Tuple[int, int]  # original (height, width)
+CHANNEL_ORDERS = ("BGR", "RGB")
 
 
-def load_image(image: ImageInput) -> np.ndarray:
-    """A BGR uint8 HxWx3 array from a path or an array, as cv2.imread gives it.
+def load_image(image: Any, channel_order: str = "BGR") -> np.ndarray:
+    """A BGR uint8 HxWx3 array, as cv2.imread gives it, from what a user holds.
 
-    Grayscale (HxW, HxWx1) is replicated to three channels and BGRA loses its
-    alpha, which is what `cv2.imread(path)` does with such files.
+    image: a path (decoded by OpenCV, always BGR), a PIL image (its own mode decides),
+    or an HxWx3 / HxWx4 / HxW uint8 numpy array or torch tensor in `channel_order`
+    ("BGR", OpenCV's and Detectron's order, or "RGB").  Grayscale is replicated to
+    three channels and alpha dropped, as `cv2.imread(path)` does with such files.
     """
+    if channel_order not in CHANNEL_ORDERS:
+        raise UsageError(f"channel_order {channel_order!r} is not one of {', '.join(CHANNEL_ORDERS)}")
     if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise UsageError(f"image {path!r} does not exist; pass an existing image file")
-        im = cv2.imread(path, cv2.IMREAD_COLOR)
-        if im is None:
-            raise UsageError(f"image {path!r} could not be decoded by OpenCV; pass a JPEG or PNG file")
-        return im
+        return _read(os.fspath(image))
+    if type(image).__module__.startswith("PIL."):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            raise UsageError(f"image tensor of dtype {image.dtype} is not supported; pass uint8 pixels (0-255), HxWx3")
+        image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
-        raise UsageError(
-            f"image of type {type(image).__name__} is not supported; pass a BGR uint8 numpy array or a path"
-        )
+        raise UsageError(f"image of type {type(image).__name__} is not supported; "
+                         "pass a path, a PIL image, or a uint8 HxWx3 numpy array or torch tensor")
     if image.dtype != np.uint8:
-        raise UsageError(f"image dtype {image.dtype} is not supported; pass BGR uint8 pixels (0-255)")
+        raise UsageError(f"image dtype {image.dtype} is not supported; pass uint8 pixels (0-255)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
-        image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
+        image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.ndim == 3 and image.shape[2] == 4:
-        image = np.ascontiguousarray(image[:, :, :3])
+        image = image[:, :, :3]
     if image.ndim != 3 or image.shape[2] != 3:
-        raise UsageError(f"image shape {image.shape} is not HxWx3 (BGR), HxWx4 (BGRA) or HxW (gray); convert it first")
+        raise UsageError(f"image shape {image.shape} is not HxWx3, HxWx4 or HxW; convert it first")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise UsageError(f"image shape {image.shape} is empty; pass an image at least 1x1")
-    return image
+    if channel_order == "RGB":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
 
 
-def compute_scale(height: int, width: int, target: int, max_size: int) -> float:
-    """Short side to `target` unless the long side would then pass `max_size`."""
+def _read(path: str) -> np.ndarray:
+    import cv2
+
+    if not os.path.isfile(path):
+        raise UsageError(f"image {path!r} does not exist; pass an existing image file")
+    im = cv2.imread(path, cv2.IMREAD_COLOR)
+    if im is None:
+        raise UsageError(f"image {path!r} could not be decoded by OpenCV; pass a JPEG or PNG file")
+    return im
+
+
+def compute_scale(height: float, width: float, target: int, max_size: int) -> float:
+    """Short side to `target` unless the long side would then pass `max_size` (numpy's round)."""
     scale = float(target) / float(min(height, width))
-    if np.round(scale * max(height, width)) > max_size:
+    if round_half_even(scale * float(max(height, width))) > max_size:
         scale = float(max_size) / float(max(height, width))
     return scale
 
 
-def prepare(image: np.ndarray, pixel_means, target: int, max_size: int, stride: int) -> ImageBlob:
-    """Detectron's `get_image_blob` for one image (BGR uint8 HxWx3)."""
-    height, width = image.shape[:2]
-    im = (image.astype(np.float64) - np.asarray(pixel_means, dtype=np.float64)).astype(np.float32)
-    scale = compute_scale(height, width, target, max_size)
-    im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    if im.ndim == 2:  # cv2 drops a singleton channel axis; never for 3 channels, kept for safety
-        im = im[:, :, None]
-    rh, rw = im.shape[:2]
-    ph, pw = int(math.ceil(rh / stride) * stride), int(math.ceil(rw / stride) * stride)
-    data = torch.zeros((1, 3, ph, pw), dtype=torch.float32)
-    data[0, :, :rh, :rw] = torch.from_numpy(np.ascontiguousarray(im.transpose(2, 0, 1)))
-    im_info = torch.tensor([[ph, pw, scale]], dtype=torch.float64).to(torch.float32)
-    return ImageBlob(data=data, im_info=im_info, scale=scale, image_size=(height, width))
+def input_blob(image: Tensor, pixel_means: Tensor, target: int, max_size: int, stride: int
+               ) -> Tuple[Tensor, Tensor, float]:
+    """Detectron's `get_image_blob` for one (H, W, 3) uint8 BGR image tensor ->
+    (1, 3, H_pad, W_pad) float32 input, im_info (3,) float32, and the float64 scale."""
+    height, width = image.shape[0], image.shape[1]
+    im = (image.to(torch.float64) - pixel_means).to(torch.float32).permute(2, 0, 1)
+    scale = compute_scale(float(height), float(width), target, max_size)
+    im = resize_by_factor(im.contiguous(), scale)
+    rh, rw = im.shape[1], im.shape[2]
+    ph = int(math.ceil(float(rh) / float(stride))) * stride
+    pw = int(math.ceil(float(rw) / float(stride))) * stride
+    data = torch.zeros((1, 3, ph, pw), dtype=torch.float32, device=image.device)
+    data[0, :, :rh, :rw] = im
+    dev = image.device
+    im_info = torch.stack((torch.full((), float(ph), device=dev), torch.full((), float(pw), device=dev),
+                           torch.full((), scale, dtype=torch.float32, device=dev)))
+    return data, im_info, scale
