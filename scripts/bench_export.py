@@ -7,14 +7,17 @@ process, alternating (eager, scripted) per repeat so machine load hits both alik
 Printed per device: median wall seconds per image and CPU (process) seconds per
 image for each, their ratios (scripted / eager; < 1 means the archive is faster),
 whether the two gave the same detections, then the export wall time (script +
-save), the archive's load time and its size.  On CUDA the eager path may use the
-fused Triton GroupNorm while the archive uses F.group_norm.
+save), the archive's load time and its size, and the peak RSS of the README's
+snippet (`torch.jit.load` + one call, nothing else) run in a fresh interpreter.
+On CUDA the eager path may use the fused Triton GroupNorm while the archive uses
+F.group_norm.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +52,22 @@ def _timed(fn, device):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+SNIPPET = """
+import sys, cv2, torch, torchvision
+model = torch.jit.load(sys.argv[1])
+out = model(torch.from_numpy(cv2.imread(sys.argv[2])))
+boxes = out["boxes"].numpy()   # the outputs need no detach(): the archive runs without autograd
+with open("/proc/self/status") as f:
+    print([line.split()[1] for line in f if line.startswith("VmHWM:")][0])
+"""
+
+
+def snippet_peak_mb(archive: str, image: str) -> float:
+    """Peak RSS of the README's TorchScript snippet in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", SNIPPET, archive, image], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", nargs="+", default=[str(BUNDLED_IMAGE)])
@@ -71,6 +90,7 @@ def main() -> None:
         archive = torch.jit.load(path, map_location="cpu")
         load_wall = time.perf_counter() - t0
         size_mb = os.path.getsize(path) / 2**20
+        peak_mb = snippet_peak_mb(path, args.images[0])
 
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if "cuda" in devices and not torch.cuda.is_available():
@@ -107,6 +127,7 @@ def main() -> None:
               f"cpu {med['torchscript'][1] / med['eager'][1]:.3f}; same detections: {same}")
         network.to("cpu")
     print(f"export (script + save) wall {export_wall:.2f} s, load {load_wall:.2f} s, archive {size_mb:.1f} MiB")
+    print(f"README snippet (load + one image, fresh interpreter): peak RSS {peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":

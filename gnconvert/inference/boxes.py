@@ -68,16 +68,15 @@ def areas(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0] + 1) * (boxes[..., 3] - boxes[..., 1] + 1)
 
 
-def pairwise_overlap(boxes: Tensor) -> Tensor:
-    """cython_nms's IoU for every pair of boxes (..., N, 4) -> (..., N, N), float32, its ops in its order:
-    inter = max(0, min(x2) - max(x1) + 1) * (same for y); inter / (area_i + area_j - inter).
-    In place where possible: the matrices are large and each allocation costs as much as an op."""
-    x1, y1, x2, y2 = boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
-    area = areas(boxes)
-    low = torch.maximum(x1[..., :, None], x1[..., None, :])
-    inter = torch.minimum(x2[..., :, None], x2[..., None, :]).sub_(low).add_(1).clamp_(min=0)
-    torch.maximum(y1[..., :, None], y1[..., None, :], out=low)
-    h = torch.minimum(y2[..., :, None], y2[..., None, :]).sub_(low).add_(1).clamp_(min=0)
+def pairwise_overlap_between(a: Tensor, b: Tensor) -> Tensor:
+    """cython_nms's IoU of every box of a (..., N, 4) with every box of b (..., M, 4) -> (..., N, M),
+    float32, its operations in its order: inter = max(0, min(x2) - max(x1) + 1) * (the same for y);
+    inter / (area_a + area_b - inter).  In place where possible: the matrices are large and each
+    allocation costs as much as an operation."""
+    low = torch.maximum(a[..., :, None, 0], b[..., None, :, 0])
+    inter = torch.minimum(a[..., :, None, 2], b[..., None, :, 2]).sub_(low).add_(1).clamp_(min=0)
+    torch.maximum(a[..., :, None, 1], b[..., None, :, 1], out=low)
+    h = torch.minimum(a[..., :, None, 3], b[..., None, :, 3]).sub_(low).add_(1).clamp_(min=0)
     inter.mul_(h)
-    union = torch.add(area[..., :, None], area[..., None, :], out=h).sub_(inter)
+    union = torch.add(areas(a)[..., :, None], areas(b)[..., None, :], out=h).sub_(inter)
     return inter.div_(union)

@@ -21,7 +21,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from .cv2_resize import resize_each_to
+from .cv2_resize import resize_each_above
 
 def mask_rois(boxes: Tensor, im_scale: float) -> Tensor:
     """Final boxes (N, 4) in original pixels -> network-input pixels, Detectron's rounding."""
@@ -63,21 +63,30 @@ def paste(probs: Tensor, boxes: Tensor, height: int, width: int, threshold: floa
     corners: List[List[int]] = torch.stack((ref[:, 0], ref[:, 1], ref_w, ref_h, x0, y0, x1, y1), 1).tolist()
     padded = torch.zeros((n, m + 2, m + 2), dtype=torch.float32, device=probs.device)
     padded[:, 1:-1, 1:-1] = probs
-    crops: List[Tensor] = []
+    # resize boxes of like size together (largest first): padding to a chunk's largest box
+    # costs at most 4x, and a chunk's padded pixels stay within the budget
+    keys: List[int] = [-corners[i][2] * corners[i][3] * n - (n - 1 - i) for i in range(n)]
+    keys.sort()
+    order = [(n - 1) - ((-k) % n) for k in keys]
+    crops: List[Tensor] = [torch.zeros((0, 0), dtype=torch.uint8, device=probs.device) for _ in range(n)]
     start = 0
     while start < n:
-        end, longest_w, longest_h = start, 1, 1
+        first = order[start]
+        longest_w, longest_h = corners[first][2], corners[first][3]
+        end = start + 1
         while end < n:
-            w, h = max(longest_w, corners[end][2]), max(longest_h, corners[end][3])
-            if end > start and (end - start + 1) * w * h > budget:
+            w, h = corners[order[end]][2], corners[order[end]][3]
+            wide, tall = max(longest_w, w), max(longest_h, h)
+            if 2 * w < longest_w or 2 * h < longest_h or (end - start + 1) * wide * tall > budget:
                 break
-            longest_w, longest_h = w, h
+            longest_w, longest_h = wide, tall
             end += 1
-        chunk = resize_each_to(padded[start:end], ref_w[start:end], ref_h[start:end], longest_w, longest_h)
-        binary = (chunk > threshold).to(torch.uint8)
-        for i in range(start, end):
-            bx, by, _, _, cx0, cy0, cx1, cy1 = corners[i]
-            crops.append(binary[i - start, cy0 - by: max(cy1, cy0) - by, cx0 - bx: max(cx1, cx0) - bx])
+        members = torch.tensor(order[start:end], dtype=torch.int64, device=probs.device)
+        binary = resize_each_above(padded[members], ref_w[members], ref_h[members], longest_w, longest_h,
+                                   threshold).to(torch.uint8)
+        for j in range(end - start):
+            bx, by, _, _, cx0, cy0, cx1, cy1 = corners[order[start + j]]
+            crops[order[start + j]] = binary[j, cy0 - by: max(cy1, cy0) - by, cx0 - bx: max(cx1, cx0) - bx]
         start = end
     return crops, torch.stack((y0, x0), 1)
 

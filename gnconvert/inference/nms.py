@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import sorting
-from .boxes import pairwise_overlap
+from .boxes import pairwise_overlap_between
 
 def _settle(src: Tensor, dst: Tensor, n: int) -> Tensor:
     """Edges src -> dst (src visited first, suppresses dst) among n candidates -> kept (n,) bool."""
@@ -102,10 +102,15 @@ def batched_nms(boxes: Tensor, scores: Tensor, lengths: Tensor, thresh: float, b
         # padding slots hold boxes far away from everything and from each other: no IoU
         far = (slot.to(torch.float32) + 1.0) * -1.0e7
         padded = torch.where(valid[:, :, None], padded, torch.stack((far, far, far + 1, far + 1), 1)[None])
-        suppresses = (pairwise_overlap(padded) >= thresh).triu_(1)
-        edges = torch.nonzero(suppresses)
-        sources.append(pos[edges[:, 0], edges[:, 1]])
-        targets.append(pos[edges[:, 0], edges[:, 2]])
+        # only later candidates can be suppressed: the upper triangle, in bands of rows
+        band = max(64, (longest + 3) // 4)
+        for top in range(0, longest, band):
+            rows = padded[:, top: top + band]
+            cols = padded[:, top:]
+            suppresses = (pairwise_overlap_between(rows, cols) >= thresh).triu_(1)
+            edges = torch.nonzero(suppresses)
+            sources.append(pos[edges[:, 0], top + edges[:, 1]])
+            targets.append(pos[edges[:, 0], top + edges[:, 2]])
     if len(sources) == 0:
         return torch.arange(n, device=dev)
     kept = _settle(torch.cat(sources), torch.cat(targets), n)

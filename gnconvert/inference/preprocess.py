@@ -86,14 +86,13 @@ def input_blob(image: Tensor, pixel_means: Tensor, target: int, max_size: int, s
     """Detectron's `get_image_blob` for one (H, W, 3) uint8 BGR image tensor ->
     (1, 3, H_pad, W_pad) float32 input, im_info (3,) float32, and the float64 scale."""
     height, width = image.shape[0], image.shape[1]
-    im = (image.to(torch.float64) - pixel_means).to(torch.float32).permute(2, 0, 1)
+    im = (image.to(torch.float64) - pixel_means).to(torch.float32)  # (H, W, 3)
     scale = compute_scale(float(height), float(width), target, max_size)
-    im = resize_by_factor(im.contiguous(), scale)
-    rh, rw = im.shape[1], im.shape[2]
+    rh, rw = round_half_even(height * scale), round_half_even(width * scale)
     ph = int(math.ceil(float(rh) / float(stride))) * stride
     pw = int(math.ceil(float(rw) / float(stride))) * stride
     data = torch.zeros((1, 3, ph, pw), dtype=torch.float32, device=image.device)
-    data[0, :, :rh, :rw] = im
+    resize_by_factor(im, scale, out=data[0].permute(1, 2, 0)[:rh, :rw])
     dev = image.device
     im_info = torch.stack((torch.full((), float(ph), device=dev), torch.full((), float(pw), device=dev),
                            torch.full((), scale, dtype=torch.float32, device=dev)))

@@ -193,11 +193,21 @@ def _select_medians(v: List[float], t: List[int], off: int, num: int, kth: int) 
     low, high = 0, num - 1
     while low + 1 < high:
         _median3_pivot(v, t, off, low, high)
-        ll, hh = _partition(v, t, off, low, low + 1, high)
-        if hh >= kth:
-            high = hh - 1
-        if hh <= kth:
-            low = ll
+        low, high = _narrow(v, t, off, low, high, low + 1, high, kth)
+    _finish_select(v, t, off, low, high)
+
+
+def _narrow(v: List[float], t: List[int], off: int, low: int, high: int, ll: int, hh: int, kth: int) -> List[int]:
+    """One introselect partition about t[low], and the part of [low, high] that still holds kth."""
+    ll, hh = _partition(v, t, off, low, ll, hh)
+    if hh >= kth:
+        high = hh - 1
+    if hh <= kth:
+        low = ll
+    return [low, high]
+
+
+def _finish_select(v: List[float], t: List[int], off: int, low: int, high: int) -> None:
     if high == low + 1 and v[t[off + high]] < v[t[off + low]]:
         _swap(t, off + high, off + low)
 
@@ -219,13 +229,8 @@ def _select_loop(v: List[float], t: List[int], off: int, low: int, high: int, kt
             ll -= 1
             hh += 1
         depth_limit -= 1
-        ll, hh = _partition(v, t, off, low, ll, hh)
-        if hh >= kth:
-            high = hh - 1
-        if hh <= kth:
-            low = ll
-    if high == low + 1 and v[t[off + high]] < v[t[off + low]]:
-        _swap(t, off + high, off + low)
+        low, high = _narrow(v, t, off, low, high, ll, hh, kth)
+    _finish_select(v, t, off, low, high)
 
 
 # --------------------------------------------------------------------------- vectorised introsort
