@@ -236,12 +236,13 @@ class StageRun:
     def __init__(self, detector, image):
         import torch
 
+        from .inference.detector import exact_fp32
         from .inference.preprocess import load_image
 
         self.detector = detector
         im = torch.from_numpy(load_image(image)).to(detector.device)
         self.image_size = (int(im.shape[0]), int(im.shape[1]))
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():
             self.data, self.im_info, self.scale = detector.input_blob(im)
             feats, logits, deltas = detector.features(self.data)
         self._set_features(feats, logits, deltas)
@@ -252,8 +253,10 @@ class StageRun:
 
         import torch
 
+        from .inference.detector import exact_fp32
+
         other = copy.copy(self)
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():
             logits, deltas = self.detector.network.rpn_head(feats)
         other._set_features(feats, logits, deltas)
         return other
@@ -277,8 +280,10 @@ class StageRun:
         """Proposals, box head and box results (no masks); `rois` (R, 5) replaces our RoIs."""
         import torch
 
+        from .inference.detector import exact_fp32
+
         det, inter = self.detector, self.intermediates
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():
             padded = (int(self.data.shape[2]), int(self.data.shape[3]))
             level_boxes, level_scores = det.proposals(self.logits, self.deltas, self.im_info, padded)
             for k, (b, p) in enumerate(zip(level_boxes, level_scores), start=det.rpn_min_level):
@@ -302,10 +307,11 @@ class StageRun:
         import torch
 
         from .inference import rle
+        from .inference.detector import exact_fp32
         from .inference.mask_postprocess import mask_rois
 
         det = self.detector
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():
             boxes = torch.as_tensor(np.asarray(detections.boxes, np.float32), device=det.device).reshape(-1, 4)
             classes = torch.as_tensor(np.asarray(detections.classes, np.int64), device=det.device)
             probs = det.mask_head(self.feats, boxes, classes, self.scale)

@@ -15,6 +15,9 @@ from gnconvert.architecture import bn_r50_fpn, gn_r50_fpn
 
 from golden_cases import GOLDEN_CASES
 
+# The same checks on another device (the GPU report runs them on CUDA with the Triton kernel)
+DEVICE = os.environ.get("GNCONVERT_TEST_DEVICE", "cpu")
+
 ARCHITECTURES = {
     "R-50-FPN-GN_seed1": gn_r50_fpn(),
     "R-101-FPN-GN_seed1": dataclasses.replace(gn_r50_fpn(), depth=101),
@@ -59,7 +62,7 @@ def detector_for(golden_dir, tmp_path_factory):
             assert (ckpt.arch.depth, ckpt.arch.norm, ckpt.arch.box_head, ckpt.arch.mask_head) == (
                 expected.depth, expected.norm, expected.box_head, expected.mask_head)
             cache.clear()  # one full-size network in memory at a time
-            cache[tag] = build_model(ckpt, "cpu")
+            cache[tag] = build_model(ckpt, DEVICE)
         return cache[tag]
 
     return get
@@ -241,7 +244,7 @@ def test_pipeline_creates_no_numpy_array(golden_dir, detector_for):
     import torch
 
     det = detector_for("R-50-FPN-GN_seed1")
-    image = torch.from_numpy(cv2.imread(str(golden_dir / "images" / "chelsea.png")))
+    image = torch.from_numpy(cv2.imread(str(golden_dir / "images" / "chelsea.png"))).to(det.device)
     numpy_dir = os.path.dirname(np.__file__)
 
     def watched(fn):

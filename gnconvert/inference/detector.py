@@ -29,8 +29,9 @@ final detections, each forced by a data-dependent size or decision:
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,19 @@ OUTPUTS = {
     "mask_probs": "(N, 28, 28) float32 sigmoid of each detection's own class",
     "masks": "(N, H, W) uint8 binary masks pasted into the image (Detectron's segm_results)",
 }
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """float32 convolutions and matmuls as float32, not TF32 (PyTorch lets cuDNN use TF32 by
+    default, which moves CUDA results by ~1e-3 before GroupNorm is even reached)."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 class _Clock:
@@ -220,7 +234,7 @@ class Detector(nn.Module):
         GroupNorm's statistics (padding joins them), so it is never done."""
         dev = self.device
         prepared = []
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():
             for image in images:
                 t0 = time.perf_counter()
                 bgr = torch.from_numpy(preprocess.load_image(image, channel_order)).to(dev)

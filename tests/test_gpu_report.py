@@ -1,0 +1,48 @@
+"""scripts/gpu_report.py runs end to end before a GPU is ever lent: its dry run (CPU, tiny
+inputs, Triton's interpreter) goes through every step and writes both files, and a step
+that overruns its time box is killed without losing the others."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("gpu_report", REPO / "scripts" / "gpu_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_writes_every_step(tmp_path, golden_dir):
+    done = subprocess.run([sys.executable, "scripts/gpu_report.py", "--dry-run", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [json_file] = tmp_path.glob("*-dry-run-cpu.json")
+    report = json.loads(json_file.read_text())
+    assert report["dry_run"] and report["commit"] != "unknown"
+    assert list(report["steps"]) == ["env", "tests", "groupnorm", "predict", "parity", "verify"]
+    assert all(s["status"] == "ok" for s in report["steps"].values()), report["steps"]
+    steps = {name: s["result"] for name, s in report["steps"].items()}
+    assert steps["env"]["torch"] and steps["env"]["dry_run"]
+    assert steps["tests"]["returncode"] == 0
+    assert steps["groupnorm"]["configs"][0]["sites"] and steps["groupnorm"]["configs"][0]["totals"]["ours_ms"] > 0
+    assert all(per["triton"]["detections"] > 0 for per in steps["predict"]["images"].values())
+    assert steps["parity"]["cases"] == [{"tag": "R-50-FPN-GN_seed1", "image": "chelsea.png", "verdict": "PASS"}]
+    assert steps["verify"]["images"] == 2 and steps["verify"]["images_per_s"] > 0
+    markdown = json_file.with_suffix(".md").read_text()
+    assert "DRY RUN" in markdown and "## Golden parity on cpu" in markdown and "| chelsea.png | PASS |" in markdown
+
+
+def test_a_step_over_its_time_box_is_killed_and_reported():
+    gpu_report = _report_module()
+    t0 = time.perf_counter()
+    entry = gpu_report.run_step("predict", True, 3)
+    assert time.perf_counter() - t0 < 30
+    assert entry["status"] == "timed out after 3 s" and "result" not in entry
