@@ -11,11 +11,14 @@ __version__ = "0.1.0"
 __all__ = ["load", "Detections", "__version__"]
 
 
-def load(source, device="cpu", config=None):
-    """A ready model for SOURCE: a model id, a Detectron `.pkl`, or a converted `.safetensors`."""
+def load(source, device="auto", config=None, opts=None):
+    """A ready model for SOURCE: a model id, a Detectron `.pkl`, or a converted `.safetensors`.
+
+    A Mask R-CNN model's `predict` returns `Detections`; an ImageNet backbone's `predict`
+    returns its top-5 ImageNet classes.  See `gnconvert.api.load` for `device` and `opts`."""
     from .api import load as _load
 
-    return _load(source, device=device, config=config)
+    return _load(source, device=device, config=config, opts=opts)
 
 
 def __getattr__(name):
@@ -24,3 +27,7 @@ def __getattr__(name):
 
         return Detections
     raise AttributeError(f"module 'gnconvert' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + ["Detections"])

@@ -5,7 +5,7 @@ SOURCE may be a catalog model id, a Detectron `.pkl`, or a converted
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -42,8 +42,13 @@ def build_model(ckpt: ConvertedCheckpoint, device: Union[str, torch.device, None
     return model.eval().to(dev)
 
 
-def load(source, device: Union[str, torch.device, None] = "cpu", config: Optional[str] = None):
+def load(source, device: Union[str, torch.device, None] = "auto", config: Optional[str] = None,
+         opts: Optional[Sequence] = None):
     """A ready model for SOURCE (model id, Detectron `.pkl`, or converted `.safetensors`).
+
+    device: "auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N".  opts: Detectron
+    test settings to override, as ("KEY", "VALUE") pairs or "KEY=VALUE" strings, e.g.
+    ["TEST.SCALE=600"] (checked as Detectron checks its keys).
 
     >>> model = gnconvert.load("48616381", device="cuda")
     >>> dets = model.predict(cv2.imread("image.jpg"))   # gnconvert.Detections
@@ -51,4 +56,4 @@ def load(source, device: Union[str, torch.device, None] = "cpu", config: Optiona
     from .sources import load_source
 
     dev = resolve_device(device)  # fail before a long download or conversion
-    return build_model(load_source(source, config_path=config), dev)
+    return build_model(load_source(source, config_path=config, opts=opts), dev)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 
 GN = "GN"
 AFFINE = "AffineChannel"  # frozen BN folded into a per-channel scale and bias
@@ -374,6 +374,49 @@ def architecture_from_cfg(cfg: Dict[str, Any], embedded: bool = True) -> Archite
         freeze_at=freeze_at,
         pretrained_on_imagenet=bool(c("TRAIN.WEIGHTS")),
     )
+
+
+# --------------------------------------------------------------------------- #
+# Test-time overrides (--opts KEY VALUE, as Detectron's merge_cfg_from_list)
+# --------------------------------------------------------------------------- #
+
+# Detectron keys a user may change after conversion -> (TestSettings field, type, lowest value)
+TEST_OVERRIDES = {
+    "TEST.SCALE": ("scale", int, 1), "TEST.MAX_SIZE": ("max_size", int, 1), "TEST.NMS": ("nms", float, 0.0),
+    "TEST.SCORE_THRESH": ("score_thresh", float, 0.0), "TEST.DETECTIONS_PER_IM": ("detections_per_im", int, 0),
+    "TEST.RPN_PRE_NMS_TOP_N": ("rpn_pre_nms_top_n", int, 0), "TEST.RPN_POST_NMS_TOP_N": ("rpn_post_nms_top_n", int, 1),
+    "TEST.RPN_NMS_THRESH": ("rpn_nms_thresh", float, 0.0), "TEST.RPN_MIN_SIZE": ("rpn_min_size", float, 0.0),
+    "MRCNN.THRESH_BINARIZE": ("mask_thresh_binarize", float, 0.0),
+}
+
+
+def with_overrides(arch: Architecture, opts) -> Architecture:
+    """`arch` with Detectron test settings replaced: opts is a sequence of (KEY, VALUE) strings.
+
+    Keys are checked as Detectron checks them (unknown, renamed and deprecated keys); known
+    keys that the weights fix (the architecture) cannot be overridden."""
+    from .detectron_cfg import check_key
+
+    changes: Dict[str, Any] = {}
+    for key, text in opts:
+        where = f"--opts {key} {text}"
+        if not check_key(key, where):
+            continue
+        if key not in TEST_OVERRIDES:
+            raise UsageError(f"{where}: {key} is part of the model, fixed by its weights; only these test settings "
+                             f"can be overridden: {', '.join(TEST_OVERRIDES)}")
+        name, kind, lowest = TEST_OVERRIDES[key]
+        value = _decode(text)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise UsageError(f"{where}: {key} takes {'an integer' if kind is int else 'a number'}, not {text!r}")
+        if value < lowest:
+            raise UsageError(f"{where}: {key} must be at least {lowest}")
+        changes[name] = kind(value)
+    if not changes:
+        return arch
+    if arch.kind != "mask_rcnn":
+        raise UsageError("--opts changes test settings of Mask R-CNN models; this one is an ImageNet classifier")
+    return dataclasses.replace(arch, test=dataclasses.replace(arch.test, **changes))
 
 
 # --------------------------------------------------------------------------- #

@@ -9,6 +9,7 @@ safetensors holds only raw tensors, so loading one executes nothing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ import numpy as np
 
 from . import __version__
 from .architecture import Architecture
-from .atomic import atomic_path
+from .atomic import write_bytes_atomic
 from .errors import CheckpointError, MappingError
 
 FORMAT = "gnconvert-converted"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the record carries `tensors_sha256`, checked on every load
 _META_KEY = "gnconvert"
 
 
@@ -70,14 +71,40 @@ def _check_against_arch(state: Mapping[str, np.ndarray], arch: Architecture, whe
         raise MappingError(f"{where}: weights do not match the architecture record: {'; '.join(problems)}")
 
 
+def tensors_digest(state: Mapping[str, np.ndarray]) -> str:
+    """sha256 over the parameters in name order: each name, then its float32 bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode("utf-8"))
+        h.update(memoryview(np.ascontiguousarray(state[name])).cast("B"))
+    return h.hexdigest()
+
+
+def check_finite(state: Mapping[str, np.ndarray], where: str) -> None:
+    """NaN or inf in a weight is never a model; say which tensor."""
+    for name, value in state.items():
+        if not np.isfinite(value).all():
+            bad = int(value.size - np.isfinite(value).sum())
+            raise CheckpointError(f"{where}: weight {name} has {bad} NaN or infinite values; the file is corrupt "
+                                  "(or was saved from a diverged run): download or convert it again")
+
+
 def save_converted(path, state_dict: Mapping[str, Any], arch: Architecture, provenance: Mapping[str, Any],
                    dropped: Mapping[str, str], cfg_text: Optional[str]) -> None:
-    """Write the converted checkpoint atomically (temp file in the same folder, then rename)."""
-    from safetensors.numpy import save_file
-
+    """Write the converted checkpoint atomically (serialised in memory, then written and renamed)."""
     path = os.fspath(path)
+    write_bytes_atomic(path, serialize_converted(state_dict, arch, provenance, dropped, cfg_text,
+                                                 f"refusing to write {path}"))
+
+
+def serialize_converted(state_dict: Mapping[str, Any], arch: Architecture, provenance: Mapping[str, Any],
+                        dropped: Mapping[str, str], cfg_text: Optional[str], where: str = "refusing to convert") -> bytes:
+    """The converted checkpoint's bytes.  The record holds a digest of the tensors, which every load checks."""
+    from safetensors.numpy import save
+
     tensors = {name: _as_float32(name, value) for name, value in state_dict.items()}
-    _check_against_arch(tensors, arch, f"refusing to write {path}")
+    _check_against_arch(tensors, arch, where)
+    check_finite(tensors, where)
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -85,13 +112,10 @@ def save_converted(path, state_dict: Mapping[str, Any], arch: Architecture, prov
         "provenance": {"gnconvert_version": __version__, **dict(provenance)},
         "dropped": dict(sorted(dropped.items())),
         "cfg_text": cfg_text,
+        "tensors_sha256": tensors_digest(tensors),
     }
     metadata = {"format": FORMAT, _META_KEY: json.dumps(record, sort_keys=False)}
-    try:
-        with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
+    return save(tensors, metadata=metadata)
 
 
 def is_converted_file(path) -> bool:
@@ -118,11 +142,19 @@ def load_converted(path) -> ConvertedCheckpoint:
             state = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); convert the model again") from None
+    version = record["format_version"]
     try:
         arch = Architecture.from_dict(record["architecture"])
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: architecture record is invalid ({e}); convert the model again") from None
     _check_against_arch(state, arch, path)
+    if "tensors_sha256" in record:
+        if tensors_digest(state) != record["tensors_sha256"]:
+            raise CheckpointError(f"{path} is corrupt: its weights no longer match the digest recorded when it "
+                                  "was converted; convert the model again")
+    elif version >= 2:
+        raise CheckpointError(f"{path}: metadata has no tensors_sha256; convert the model again")
+    check_finite(state, path)
     return ConvertedCheckpoint(state_dict=state, arch=arch, provenance=dict(record.get("provenance", {})),
                                dropped=dict(record.get("dropped", {})), cfg_text=record.get("cfg_text"))
 

@@ -30,6 +30,15 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def select(self, keep) -> "Detections":
+        """The detections where `keep` (a boolean mask or indices) holds, in their order."""
+        idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return Detections(
+            boxes=self.boxes[idx], scores=self.scores[idx], classes=self.classes[idx], image_size=self.image_size,
+            masks_rle=None if self.masks_rle is None else [self.masks_rle[i] for i in idx.tolist()],
+            mask_probs=pick(self.mask_probs), masks=pick(self.masks), timings=dict(self.timings))
+
     @property
     def category_ids(self) -> List[int]:
         return [coco_categories.coco_id(c) for c in self.classes]

@@ -186,4 +186,76 @@ def load_config_file(path) -> Dict[str, Any]:
         raise UsageError(f"config file {path} not found; pass a Detectron YAML config") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read config file {path}: {e}; pass a Detectron YAML config") from None
-    return _parse(text, f"config file {path}")
+    return check_config_keys(_parse(text, f"config file {path}"), f"config file {path}")
+
+
+# --------------------------------------------------------------------------- known keys
+# What Detectron's merge_cfg_from_file / merge_cfg_from_list do with a key that its cfg does
+# not have (core/config.py): a deprecated key is ignored with a warning, a renamed one is
+# an error naming the new key, anything else is "Non-existent config key".
+DEPRECATED_KEYS = frozenset({
+    "FINAL_MSG", "MODEL.DILATION", "ROOT_GPU_ID", "RPN.ON", "TRAIN.BBOX_NORMALIZE_TARGETS_PRECOMPUTED",
+    "TRAIN.DROPOUT", "USE_GPU_NMS", "TEST.NUM_TEST_IMAGES",
+})
+RENAMED_KEYS = {
+    "MODEL.PS_GRID_SIZE": "RFCN.PS_GRID_SIZE", "MODEL.ROI_HEAD": "FAST_RCNN.ROI_BOX_HEAD",
+    "MRCNN.MASK_HEAD_NAME": "MRCNN.ROI_MASK_HEAD", "TRAIN.DATASET": "TRAIN.DATASETS",
+    "TRAIN.PROPOSAL_FILE": "TRAIN.PROPOSAL_FILES", "TEST.SCALES": "TEST.SCALE", "TEST.DATASET": "TEST.DATASETS",
+    "TEST.PROPOSAL_FILE": "TEST.PROPOSAL_FILES",
+}
+_FULL_CFG = os.path.join(os.path.dirname(__file__), "data", "selftest", "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml")
+
+
+def _flatten(cfg: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_KNOWN: Dict[str, Any] = {}
+
+
+def known_keys() -> Dict[str, Any]:
+    """Every key of Detectron's cfg with its value in 48616381's embedded cfg (a full dump of the
+    cfg tree, the same 229 keys as Detectron's final core/config.py)."""
+    if not _KNOWN:
+        with open(_FULL_CFG, encoding="utf-8") as f:
+            _KNOWN.update(_flatten(parse_detectron_cfg(f.read())))
+    return _KNOWN
+
+
+def check_key(key: str, where: str) -> bool:
+    """True for a key Detectron has, False for a deprecated one (ignored); an error otherwise."""
+    import difflib
+
+    if key in known_keys():
+        return True
+    if key in DEPRECATED_KEYS:
+        import warnings
+
+        warnings.warn(f"{where}: Detectron's deprecated key {key} is ignored", stacklevel=3)
+        return False
+    if key in RENAMED_KEYS:
+        raise UsageError(f"{where}: Detectron renamed {key} to {RENAMED_KEYS[key]}; use that key")
+    close = difflib.get_close_matches(key, list(known_keys()), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UsageError(f"{where}: Detectron has no config key {key}{hint}; Detectron itself rejects it")
+
+
+def check_config_keys(cfg: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """A partial config file's keys checked as Detectron's merge does; deprecated keys dropped."""
+    def walk(node: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+        kept: Dict[str, Any] = {}
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, dict) and any(k.startswith(full + ".") for k in known_keys()):
+                kept[key] = walk(value, full + ".")
+            elif check_key(full, where):
+                kept[key] = value
+        return kept
+
+    return walk(cfg, "")

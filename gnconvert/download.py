@@ -46,8 +46,18 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # --- where things are -------------------------------------------------------
 
 def base_url() -> str:
-    """$GNCONVERT_BASE_URL (mirrors, tests), else Detectron's official file server."""
+    """$GNCONVERT_BASE_URL (mirrors, tests), else Detectron's official file server.
+
+    http(s):// mirrors are fetched like the server; file:// mirrors (a folder with the
+    server's layout and its .md5sum files, common on air-gapped sites) are copied."""
+    from urllib.parse import urlparse
+
     url = os.environ.get("GNCONVERT_BASE_URL") or catalog.load_catalog().base_url
+    parsed = urlparse(url)
+    ok = (parsed.scheme in ("http", "https") and parsed.netloc) or (parsed.scheme == "file" and parsed.path)
+    if not ok:
+        raise UsageError(f"GNCONVERT_BASE_URL={url!r} is not an http://, https:// or file:// URL of a mirror; "
+                         "e.g. http://127.0.0.1:8765/detectron or file:///srv/detectron-mirror")
     return url.rstrip("/")
 
 
@@ -71,6 +81,26 @@ def local_path(rel: str) -> Path:
 
 def _md5_sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".md5sum")
+
+
+def _stamp(path: Path) -> str:
+    """Size and modification time of a file, recorded beside its MD5 when it was verified."""
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
+def _record_verified(final: Path, md5: str) -> None:
+    _write_atomic(_md5_sidecar(final), f"{md5}\n{_stamp(final)}\n")
+
+
+def unchanged_since_verified(path: Path) -> bool:
+    """The file is as it was when its MD5 was last checked (same size and time): listing
+    can say "cached" without hashing; anything else must be re-checked before use."""
+    try:
+        lines = _md5_sidecar(path).read_text().splitlines()
+        return len(lines) > 1 and lines[1].strip() == _stamp(path)
+    except OSError:
+        return False
 
 
 def _part(path: Path) -> Path:
@@ -112,7 +142,7 @@ def cached_path(model_id: str, what: str = "model", verify: bool = True) -> Opti
     path = local_path(catalog.get(model_id).file(what))
     if verify:
         return path if _is_intact(path) else None
-    return path if path.is_file() and _md5_sidecar(path).is_file() else None
+    return path if path.is_file() and unchanged_since_verified(path) else None
 
 
 def fetch(model_id: str, what: str = "model", force: bool = False,
@@ -142,20 +172,65 @@ def fetch_file(rel: str, force: bool = False, progress: Optional[bool] = None) -
         )
     settings = Settings.from_env()
     show = sys.stderr.isatty() if progress is None else progress
-    _make_dirs(final.parent)
-    with _locked(final, settings), _session() as session:
-        if not force and _is_intact(final):
-            log.info("reusing %s, downloaded meanwhile by another process", final)
-            return final
-        expected = _fetch_md5(session, url, settings)
-        if not force and final.is_file() and file_md5(final) == expected:
-            _write_atomic(_md5_sidecar(final), expected + "\n")  # e.g. a file copied in by hand
-            return final
-        if not force:  # corrupt: never leave it under the final name, even if the download fails
-            _remove(final)
-            _remove(_md5_sidecar(final))
-        _download_verified(session, url, final, expected, settings, show)
+    created = _make_dirs(final.parent)
+    try:
+        with _locked(final, settings), _session() as session:
+            if not force and _is_intact(final):
+                log.info("reusing %s, downloaded meanwhile by another process", final)
+                return final
+            if url.startswith("file:"):
+                _copy_from_mirror(url, final, show)
+                return final
+            expected = _fetch_md5(session, url, settings)
+            if not force and final.is_file() and file_md5(final) == expected:
+                _record_verified(final, expected)  # e.g. a file copied in by hand
+                return final
+            if not force:  # corrupt: never leave it under the final name, even if the download fails
+                _remove(final)
+                _remove(_md5_sidecar(final))
+            _download_verified(session, url, final, expected, settings, show)
+    except BaseException:
+        _remove_empty(created)
+        raise
     return final
+
+
+def _copy_from_mirror(url: str, final: Path, show: bool) -> None:
+    """A file:// mirror: its .md5sum, then the file copied (hashed as it streams) and verified."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    source = Path(url2pathname(urlparse(url).path))
+    try:
+        expected = _parse_md5(Path(str(source) + ".md5sum").read_text(errors="replace"), f"{url}.md5sum")
+        size = source.stat().st_size
+    except FileNotFoundError as e:
+        raise DownloadError(f"the mirror has no {e.filename}; check GNCONVERT_BASE_URL (now {base_url()})") from None
+    except OSError as e:
+        raise DownloadError(f"cannot read {e.filename} from the mirror ({e.strerror}); check GNCONVERT_BASE_URL") from None
+    part = _part(final)
+    _check_free_space(part, size)
+    h = hashlib.md5()
+    bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=source.name[:40], disable=not show,
+               file=sys.stderr, leave=False)
+    try:
+        with open(source, "rb") as src, _open_part(part, "wb") as dst, bar:
+            for block in iter(lambda: src.read(CHUNK), b""):
+                _write_all(dst, block, part)
+                h.update(block)
+                bar.update(len(block))
+    except OSError as e:
+        _remove(part)
+        raise DownloadError(f"cannot read {source} from the mirror ({e.strerror}); check GNCONVERT_BASE_URL") from None
+    except BaseException:
+        _remove(part)
+        raise
+    if h.hexdigest() != expected:
+        _remove(part)
+        raise DownloadError(f"MD5 mismatch for {url}: expected {expected}, got {h.hexdigest()}; "
+                            "nothing was kept: the mirror's copy is damaged")
+    os.replace(part, final)
+    _record_verified(final, expected)
 
 
 # --- integrity --------------------------------------------------------------
@@ -276,8 +351,8 @@ def _download_verified(session, url, final: Path, expected: str, settings: Setti
                                     f"and the next run will resume from there") from None
             raise
         if got == expected:
-            _write_atomic(_md5_sidecar(final), expected + "\n")
             os.replace(part, final)
+            _record_verified(final, expected)
             return
         html = _looks_like_html(_read_head(part))
         _remove(part)
@@ -454,7 +529,14 @@ def _write_all(f, chunk: bytes, part: Path) -> None:
                             f"set GNCONVERT_CACHE to a writable folder") from None
 
 
-def _make_dirs(folder: Path) -> None:
+def _make_dirs(folder: Path) -> Optional[Path]:
+    """Create the folder (and parents); returns the topmost folder created, to remove again
+    if the fetch fails and leaves it empty."""
+    top = None
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            break
+        top = parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -463,12 +545,27 @@ def _make_dirs(folder: Path) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DownloadError(f"the cache folder {folder} is not writable; "
                             f"set GNCONVERT_CACHE to a writable folder")
+    return top
+
+
+def _remove_empty(top: Optional[Path]) -> None:
+    """Remove the folders a failed fetch created, if it left nothing in them."""
+    if top is None:
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextmanager
 def _locked(final: Path, settings: Settings):
-    """One downloader per file across processes; the lock dies with its process (flock)."""
-    lock = filelock.FileLock(str(final) + ".lock")
+    """One downloader per file across processes; the lock dies with its process (flock).  Lock
+    files live in the cache's hidden .locks folder, not beside the models."""
+    locks = cache_dir() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(locks / (final.relative_to(cache_dir()).as_posix().replace("/", "__") + ".lock")))
     try:
         try:
             lock.acquire(timeout=0)

@@ -29,5 +29,11 @@ class MappingError(CheckpointError):
     """Blobs and the model disagree: missing, unexpected, duplicate or mis-shaped."""
 
 
+class Interrupted(GnconvertError):
+    """Ctrl-C: what was finished is kept, and the message says how to continue."""
+
+    exit_code = 130
+
+
 class ParityError(GnconvertError):
     """The converted model does not reproduce Detectron's reference outputs."""

@@ -46,6 +46,8 @@ def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str],
     """Build, convert, run and compare; returns the result (never raises on a parity mismatch)."""
     from . import golden_format, parity, seeded
     from .api import build_model, resolve_device
+    from .atomic import output_error
+    from .errors import UsageError
     from .architecture import architecture_from_cfg
     from .converted import save_converted
     from .detectron_cfg import parse_detectron_cfg
@@ -53,6 +55,11 @@ def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str],
     from .sources import load_source
 
     dev = resolve_device(device)
+    if workdir is not None:
+        if not os.path.isdir(workdir):
+            raise UsageError(f"--workdir {workdir} is not an existing folder; create it or leave --workdir out")
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise UsageError(f"--workdir {workdir} is not writable; choose a writable folder (it needs ~400 MB)")
     steps: Dict[str, float] = {}
     facts: List[str] = []
 
@@ -67,7 +74,10 @@ def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str],
         arch = architecture_from_cfg(parse_detectron_cfg(cfg_text))
         blobs = seeded.seeded_blobs(arch, SEED)
         pkl = os.path.join(tmp, "model_final.pkl")
-        write_detectron_pickle(pkl, blobs, cfg_text=cfg_text)
+        try:
+            write_detectron_pickle(pkl, blobs, cfg_text=cfg_text)
+        except OSError as e:
+            raise output_error(pkl, e) from None
         facts.append(f"checkpoint: {len(blobs)} blobs, {os.path.getsize(pkl) / 1e6:.0f} MB Python-2 pickle "
                      f"(seed {SEED}, sha256 {seeded.blobs_checksum(blobs)[:16]})")
         del blobs

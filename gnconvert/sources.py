@@ -7,11 +7,11 @@ SOURCE is one of: a converted `.safetensors` file (loaded as is), a Detectron
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from . import download
-from .converted import ConvertedCheckpoint, is_converted_file, load_converted
-from .errors import UsageError
+from .converted import ConvertedCheckpoint, check_finite, is_converted_file, load_converted
+from .errors import CheckpointError, UsageError
 
 _PATH_SUFFIXES = (".pkl", ".pickle", ".safetensors", ".pth", ".pt", ".yaml")
 
@@ -29,12 +29,18 @@ def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: 
     if pickle.cfg_text is not None and config_path is not None:
         raise UsageError(f"{path} embeds its own Detectron cfg; --config is only for a .pkl without one "
                          "(e.g. an ImageNet backbone); drop --config")
-    cfg = parse_detectron_cfg(pickle.cfg_text) if pickle.cfg_text is not None else None
-    arch, how = architecture_from_checkpoint(cfg, pickle.blobs, config_path=config_path)
-    mapped = detectron_to_torch(pickle.blobs, arch)
+    try:
+        cfg = parse_detectron_cfg(pickle.cfg_text) if pickle.cfg_text is not None else None
+        arch, how = architecture_from_checkpoint(cfg, pickle.blobs, config_path=config_path)
+        mapped = detectron_to_torch(pickle.blobs, arch)
+    except CheckpointError as e:
+        if path in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
+    check_finite(mapped.state_dict, path)
     provenance = {
         "model_id": model_id,
-        "source_path": os.path.abspath(path),
+        "source_file": os.path.basename(path),
         "source_md5": source_md5 or download.file_md5(path),
         "source_format": "detectron-pkl",
         "pickle_layout": pickle.layout,
@@ -61,13 +67,43 @@ def model_pickle_path(model_id: str, progress: Optional[bool] = None) -> Tuple[s
     return path, md5
 
 
-def load_source(source: str, config_path: Optional[str] = None,
-                progress: Optional[bool] = None) -> ConvertedCheckpoint:
-    """A converted checkpoint for SOURCE: a `.safetensors`, a Detectron `.pkl`, or a model id."""
-    source = os.fspath(source)
+def load_source(source: str, config_path: Optional[str] = None, progress: Optional[bool] = None,
+                opts: Optional[Sequence] = None) -> ConvertedCheckpoint:
+    """A converted checkpoint for SOURCE: a `.safetensors`, a Detectron `.pkl`, or a model id;
+    `opts` (("KEY", "VALUE") pairs or "KEY=VALUE" strings) override its Detectron test settings."""
+    pairs = parse_opts(opts or [])
+    ckpt = _load_source(os.fspath(source), config_path, progress)
+    if pairs:
+        import dataclasses
+
+        from .architecture import with_overrides
+
+        ckpt = dataclasses.replace(ckpt, arch=with_overrides(ckpt.arch, pairs),
+                                   provenance={**ckpt.provenance, "test_overrides": [list(p) for p in pairs]})
+    return ckpt
+
+
+def parse_opts(opts: Sequence) -> List[Tuple[str, str]]:
+    """("KEY", "VALUE") pairs from pairs or "KEY=VALUE" strings."""
+    pairs = []
+    for item in opts:
+        if isinstance(item, str):
+            if "=" not in item:
+                raise UsageError(f"override {item!r} is not KEY=VALUE (e.g. TEST.SCALE=600)")
+            key, value = item.split("=", 1)
+        else:
+            key, value = item
+        pairs.append((str(key).strip(), str(value).strip()))
+    return pairs
+
+
+def _load_source(source: str, config_path: Optional[str], progress: Optional[bool]) -> ConvertedCheckpoint:
     if os.path.exists(source):
         if os.path.isdir(source):
             raise UsageError(f"{source} is a folder; pass a Detectron .pkl, a converted .safetensors or a model id")
+        if source.lower().endswith(".safetensors") and not is_converted_file(source):
+            raise CheckpointError(f"{source} is not a safetensors file (no safetensors header); pass a "
+                                  "converted .safetensors written by `gnconvert convert`, or convert the .pkl again")
         if is_converted_file(source):
             if config_path is not None:
                 raise UsageError(f"{source} is already converted and carries its architecture; drop --config")

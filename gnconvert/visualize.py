@@ -22,18 +22,34 @@ def class_color(contiguous_class: int) -> tuple:
 
 def draw_detections(image_bgr: np.ndarray, dets: Detections, score_thresh: float = 0.5,
                     alpha: float = 0.45) -> np.ndarray:
-    """Return a copy of the image with masks, boxes and labels of detections scoring >= score_thresh."""
+    """Return a copy of the image with masks, boxes and labels of detections scoring >= score_thresh.
+
+    Only the drawn detections' masks are decoded, one at a time, and each is blended and
+    outlined within its own bounding box: a 4000 x 3000 photo costs what its objects cost."""
+    from pycocotools import mask as mask_util
+
     canvas = np.ascontiguousarray(image_bgr.copy())
     keep = np.flatnonzero(dets.scores >= score_thresh)
-    masks = dets.dense_masks() if dets.masks_rle else None
+    height, width = canvas.shape[:2]
     # lowest score first so the most confident detections end up on top
     for i in keep[np.argsort(dets.scores[keep], kind="stable")]:
         color = class_color(dets.classes[i])
-        if masks is not None:
-            m = masks[i].astype(bool)
-            if m.any():
-                canvas[m] = (canvas[m] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
-                contours, _ = cv2.findContours(masks[i], cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if dets.masks is not None or dets.masks_rle:
+            if dets.masks is not None:
+                full = dets.masks[i]
+            else:
+                rle = dict(dets.masks_rle[i])
+                if isinstance(rle["counts"], str):
+                    rle["counts"] = rle["counts"].encode("ascii")
+                full = mask_util.decode(rle)
+            ys, xs = np.nonzero(full.any(axis=1))[0], np.nonzero(full.any(axis=0))[0]
+            if len(ys):
+                y0, y1, x0, x1 = ys[0], min(ys[-1] + 2, height), xs[0], min(xs[-1] + 2, width)
+                m = np.ascontiguousarray(full[y0:y1, x0:x1])
+                region = canvas[y0:y1, x0:x1]
+                on = m.astype(bool)
+                region[on] = (region[on] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
+                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(int(x0), int(y0)))
                 cv2.drawContours(canvas, contours, -1, color, 1, cv2.LINE_AA)
         x1, y1, x2, y2 = (int(round(float(v))) for v in dets.boxes[i])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, 2, cv2.LINE_AA)

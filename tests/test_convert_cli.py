@@ -148,7 +148,7 @@ def test_bad_inputs_fail_with_one_line_and_leave_nothing(tmp_path, capsys, class
         (["convert", str(html), "-o", str(out)], 1, "not a protocol-2+ pickle: got HTML"),
         (["convert", str(evil), "-o", str(out)], 1, "refusing to load global os.system"),
         (["inspect", str(gn_pkl[0]), "--config", str(html)], 2, "embeds its own Detectron cfg"),
-        (["convert", str(classifier_pkl), "-o", str(tmp_path / "no" / "dir" / "x.safetensors")], 1, "cannot write"),
+        (["convert", str(classifier_pkl), "-o", str(evil / "x.safetensors")], 2, "is a file, not a folder"),
     ]
     for argv, want_code, message in cases:
         code, stdout, err = run(argv, capsys)

@@ -1,6 +1,7 @@
 """The converted .safetensors checkpoint: everything comes back, bad files are refused."""
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -67,7 +68,10 @@ def test_metadata_is_plain_json_in_the_header(classifier, tmp_path):
     header = json.loads(raw[8:8 + n])
     record = json.loads(header["__metadata__"]["gnconvert"])
     assert header["__metadata__"]["format"] == "gnconvert-converted"
-    assert record["format_version"] == 1 and record["architecture"]["kind"] == "classifier"
+    assert record["format_version"] == 2 and record["architecture"]["kind"] == "classifier"
+    assert record["tensors_sha256"] == hashlib.sha256(b"".join(
+        name.encode() + np.ascontiguousarray(mapped.state_dict[name], np.float32).tobytes()
+        for name in sorted(mapped.state_dict))).hexdigest()
     assert Architecture.from_dict(record["architecture"]) == arch
     assert record["provenance"]["model_id"] == "47261647" and record["cfg_text"] == "A: 1\n"
 

@@ -28,7 +28,9 @@ def test_predict_writes_detectrons_detections(seeded_pickle, golden_dir, tmp_pat
     segm = json.loads((out / "results_segm.json").read_text())
     assert len(bbox) == len(segm) == len(ref["detections"])
     assert {e["image_id"] for e in bbox} == {1}
-    assert json.loads((out / "images.json").read_text())[0]["file_name"] == str(image)
+    entry = json.loads((out / "images.json").read_text())[0]
+    assert entry["file_name"] == image.name  # no local paths in what is shared
+    assert entry["sha256"] == __import__("hashlib").sha256(image.read_bytes()).hexdigest()
 
     # every Detectron detection is in our file: same COCO category, box (x, y, w+1, h+1) IoU >= 0.99, score
     ours_xywh = np.array([e["bbox"] for e in bbox])

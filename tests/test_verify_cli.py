@@ -107,7 +107,11 @@ def test_undecodable_image_is_named_counted_and_skipped(golden_dir, tmp_path):
     bad = next((info["images"]).glob(f"{bad_id:012d}.*"))
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     warnings = []
-    report = _run(golden_dir, info, tmp_path / "out", workers=2, warn=warnings.append, echo=lambda s: None)
+    # a dataset with an unreadable image is not minival: INCOMPLETE, after writing the report
+    with pytest.raises(ParityError, match="INCOMPLETE.*1 of 5 images could not be read"):
+        _run(golden_dir, info, tmp_path / "out", workers=2, warn=warnings.append, echo=lambda s: None)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verdict"] == {"overall": "INCOMPLETE", "missing": 1}
     assert len(warnings) == 1 and bad.name in warnings[0] and str(bad_id) in warnings[0]
     assert report["images_skipped"] == 1 and report["skipped"][0]["image_id"] == bad_id
     assert report["images_evaluated"] == 4

@@ -12,7 +12,9 @@ import click
               help="Where to write the converted .safetensors file.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
-def command(source: str, output: str, config_path) -> None:
+@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
+              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+def command(source: str, output: str, config_path, opts) -> None:
     """Convert SOURCE (a model id, a Detectron .pkl, or a converted file) to OUT.
 
     OUT holds the weights under PyTorch names plus the architecture and test
@@ -23,7 +25,7 @@ def command(source: str, output: str, config_path) -> None:
     from ..name_mapping import describe
     from ..sources import load_source
 
-    ckpt = load_source(source, config_path=config_path)
+    ckpt = load_source(source, config_path=config_path, opts=list(opts))
     save_converted(output, ckpt.state_dict, ckpt.arch, ckpt.provenance, ckpt.dropped, ckpt.cfg_text)
     kinds = Counter("momentum" if r.startswith("optimizer momentum") else n for n, r in ckpt.dropped.items())
     dropped = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(kinds.items())) or "none"

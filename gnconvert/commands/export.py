@@ -15,7 +15,9 @@ from ..export import TARGETS
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the bundled image after writing it.")
-def command(source: str, target: str, output: str, config_path, no_verify: bool) -> None:
+@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
+              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+def command(source: str, target: str, output: str, config_path, no_verify: bool, opts) -> None:
     """Export SOURCE (a model id, a Detectron .pkl or a converted file) to OUT.
 
     The artifact is written under a temporary name, loaded with its own runtime,
@@ -26,7 +28,7 @@ def command(source: str, target: str, output: str, config_path, no_verify: bool)
     from ..sources import load_source
 
     output_paths(target, output)  # an unwritable OUT fails before the model is loaded
-    ckpt = load_source(source, config_path=config_path)
+    ckpt = load_source(source, config_path=config_path, opts=list(opts))
     result = export(ckpt, target, output, verify=not no_verify)
     click.echo(f"wrote {', '.join(result.paths)} in {result.export_seconds:.1f}s")
     if result.report is not None:

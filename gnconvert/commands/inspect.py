@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from typing import Any, Dict, List, Tuple
 
@@ -24,7 +25,7 @@ def summarize(ckpt, source: str, converted: bool) -> Dict[str, Any]:
     return {
         "input": source,
         "input_format": "gnconvert-converted" if converted else ckpt.provenance.get("source_format"),
-        "source": ckpt.provenance.get("source_path"),
+        "source": ckpt.provenance.get("source_file") or os.path.basename(ckpt.provenance.get("source_path") or ""),
         "model_id": ckpt.provenance.get("model_id"),
         "source_md5": ckpt.provenance.get("source_md5"),
         "pickle_layout": ckpt.provenance.get("pickle_layout"),
@@ -99,7 +100,9 @@ def _print(summary: Dict[str, Any]) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON for machines.")
-def command(source: str, config_path, as_json: bool) -> None:
+@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
+              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+def command(source: str, config_path, as_json: bool, opts) -> None:
     """Describe SOURCE: a model id, a Detectron .pkl, or a converted .safetensors.
 
     Shows the architecture and how it was found, blob counts by kind, the blobs
@@ -109,7 +112,8 @@ def command(source: str, config_path, as_json: bool) -> None:
     from ..converted import is_converted_file
     from ..sources import load_source
 
-    summary = summarize(load_source(source, config_path=config_path), source, is_converted_file(source))
+    summary = summarize(load_source(source, config_path=config_path, opts=list(opts)), source,
+                        is_converted_file(source))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -1,72 +1,258 @@
-"""gnconvert predict: detections for images, as COCO results JSON and annotated PNGs."""
+"""gnconvert predict: detections for images, as COCO results JSON and annotated PNGs.
+
+The output folder is ours or it is refused: a manifest (`.gnconvert-predict.json`) marks
+it, results are saved per image as they come (`partial/`), and the final files
+(`results_bbox.json`, `results_segm.json`, `images.json`) are written when the run ends.
+A rerun with --resume continues after the images already done; a rerun without it
+replaces our earlier files as a set; a folder holding anything else is never touched.
+"""
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import os
+import sys
 from pathlib import Path
+from typing import List, Optional
 
 import click
 
-from ..errors import UsageError
+from ..errors import GnconvertError, Interrupted, UsageError
+
+MANIFEST = ".gnconvert-predict.json"
+RESULT_FILES = ("results_bbox.json", "results_segm.json", "images.json")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
+
+
+def expand_inputs(inputs) -> List[str]:
+    """Files as given, folders' images (sorted), and glob patterns (sorted); missing ones are errors."""
+    out: List[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(str(p) for p in Path(item).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif os.path.isfile(item):
+            out.append(item)
+        elif glob.has_magic(item):
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise UsageError(f"no file matches {item}")
+            out += found
+        else:
+            raise UsageError(f"image {item} does not exist; pass image files, folders or glob patterns")
+    return out
+
+
+def _default_output(source: str) -> Path:
+    import re
+
+    return Path("predict-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem or source))
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class OutputFolder:
+    """The -o folder: ours (manifest), new, or refused; our files replaced as a set."""
+
+    def __init__(self, folder: Path, fingerprint: dict, resume: bool):
+        from ..atomic import prepare_folder
+        from ..evaluation.partial_results import PartialResults
+
+        self.folder = folder
+        self.fingerprint = fingerprint
+        existing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        ours = MANIFEST in existing
+        if existing and not ours:
+            raise UsageError(f"output folder {folder} is not empty and was not written by gnconvert predict; "
+                             "choose a new or empty folder with -o")
+        if resume and not ours:
+            raise UsageError(f"nothing to resume in {folder}: no earlier gnconvert predict run there; drop --resume")
+        self.created = not folder.exists()
+        prepare_folder(folder)
+        self.partial = PartialResults(folder / "partial", fingerprint)
+        if ours and not resume:
+            self._remove_previous()
+        self.done = self.partial.load() if resume else {}
+        self._write_manifest()
+
+    def _remove_previous(self) -> None:
+        """A new run into our own folder: the earlier run's files go, all of them."""
+        try:
+            previous = json.loads((self.folder / MANIFEST).read_text()).get("written", [])
+        except (OSError, ValueError):
+            previous = []
+        for name in set(previous) | set(RESULT_FILES):
+            path = self.folder / name
+            if path.parent == self.folder and path.is_file():
+                path.unlink()
+        self.partial.clear()
+
+    def _write_manifest(self, written: Optional[List[str]] = None) -> None:
+        from ..atomic import write_json_atomic
+
+        write_json_atomic(self.folder / MANIFEST, {"tool": "gnconvert predict", "fingerprint": self.fingerprint,
+                                                   "written": written or []}, indent=1)
+
+    def finish(self, written: List[str]) -> None:
+        self._write_manifest(written)
+        self.partial.close()
+        self.partial.clear()
+
+    def discard_if_empty(self) -> None:
+        """A run that wrote no result leaves no folder it created."""
+        import shutil
+
+        self.partial.close()
+        if self.created and not self.partial.load():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @click.command("predict")
 @click.argument("source")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
-              help="folder for results_bbox.json, results_segm.json, images.json and one PNG per image")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Detectron YAML config for a .pkl that embeds none")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False),
+              help="Folder for results_bbox.json, results_segm.json, images.json and one PNG per image "
+                   "(default ./predict-SOURCE).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in the same folder.")
+@click.option("--json", "json_target", type=click.Choice(["-"]), default=None,
+              help="'-': print one JSON document (images, bbox, segm) to stdout instead of writing result files.")
+@click.option("--min-score", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Keep only detections scoring at least this (Detectron's own results keep all, from 0.05).")
 @click.option("--draw-thresh", default=0.5, show_default=True, type=click.FloatRange(0, 1),
-              help="only detections scoring at least this are drawn (all are written to JSON)")
-@click.option("--no-masks", is_flag=True, help="skip the mask head")
-@click.option("--no-draw", is_flag=True, help="write JSON only")
-def command(source, images, outdir, device, config_path, draw_thresh, no_masks, no_draw):
-    """Run SOURCE (model id, Detectron .pkl or converted .safetensors) on IMAGES.
+              help="Draw detections scoring at least this.")
+@click.option("--no-masks", is_flag=True, help="Skip the mask head.")
+@click.option("--no-draw", is_flag=True, help="Write JSON only.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda or cuda:N.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Detectron YAML config for a .pkl that embeds none.")
+@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
+              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh, no_masks, no_draw, device,
+            config_path, opts):
+    """Run SOURCE (model id, Detectron .pkl or converted .safetensors) on INPUTS: image files,
+    folders of images, or glob patterns ('photos/**/*.jpg').
 
     JSON follows Detectron's results format: bbox [x, y, w, h] with Detectron's "+1" width,
     COCO category ids, RLE masks with counts as str; image_id is the image's position (1-based),
-    and images.json maps ids to files.
+    and images.json maps ids to file names and SHA-256 digests.  Unreadable images are skipped
+    with a warning (the exit status is then 1); Ctrl-C keeps what is done for --resume.
     """
+    from ..api import load
+
+    images = expand_inputs(inputs)
+    to_stdout = json_target == "-"
+    if resume and to_stdout and outdir is None:
+        raise UsageError("--resume needs the -o folder of the run to continue")
+    out = Path(outdir) if outdir else (None if to_stdout else _default_output(source))
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} is a file; pass a folder with -o")
+
+    model = load(source, device=device, config=config_path, opts=list(opts))
+    if not hasattr(model, "predict_batch"):
+        raise UsageError(f"{source} is an ImageNet classifier backbone, not a detector; predict needs a Mask R-CNN "
+                         "model (use gnconvert.load(...).predict in Python for its top-5 classes)")
+    fingerprint = {"source": os.path.basename(os.fspath(source)), "provenance": model.provenance.get("source_md5"),
+                   "masks": not no_masks, "min_score": min_score, "test": [list(o) for o in opts]}
+    folder = None
+    existed = out is not None and out.exists()
+    try:
+        folder = OutputFolder(out, fingerprint, resume) if out is not None else None
+        failed = _run(model, images, folder, to_stdout, min_score, draw_thresh, no_masks, no_draw or folder is None)
+    except KeyboardInterrupt:
+        done = len(folder.partial.load()) if folder else 0
+        hint = (f"rerun the same command with --resume to continue in {folder.folder}" if done
+                else "nothing was finished")
+        if folder is not None and not done:
+            folder.discard_if_empty()
+        raise Interrupted(f"interrupted after {done} of {len(images)} images; {hint}") from None
+    except BaseException:
+        if folder is not None:
+            folder.discard_if_empty()
+        elif out is not None and not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the folder OutputFolder was creating when it failed
+        raise
+    if failed:
+        raise GnconvertError(f"{len(failed)} of {len(images)} images could not be read (first: {failed[0]}); "
+                             "the others' results are written")
+
+
+def _run(model, images, folder: Optional[OutputFolder], to_stdout, min_score, draw_thresh, no_masks, no_draw):
     import cv2
     from tqdm import tqdm
 
-    from ..api import load
-    from ..atomic import write_bytes_atomic, write_json_atomic
+    from ..atomic import output_error, write_bytes_atomic, write_json_atomic
     from ..evaluation.results_format import detectron_order, to_results
     from ..inference.preprocess import load_image
     from ..visualize import draw_detections
 
-    missing = [p for p in images if not os.path.isfile(p)]
-    if missing:
-        raise UsageError(f"image {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    out = Path(outdir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {out}: {e.strerror}; choose a writable --output") from e
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"output folder {out} is not writable; choose a writable --output")
-
-    model = load(source, device=device, config=config_path)
-    if not hasattr(model, "predict"):
-        raise UsageError(f"{source} is an ImageNet classifier backbone, not a detector; predict needs a Mask R-CNN model")
-    bbox, segm, image_list = [], [], []
-    for image_id, path in enumerate(tqdm(images, unit="im", disable=len(images) < 2), start=1):
-        im = load_image(path)
+    done = {(r["image"]["file_name"], r["image"]["sha256"]): r for r in folder.done.values()} if folder else {}
+    records, failed, written = [], [], []
+    bar = tqdm(images, unit="im", disable=len(images) < 2 or not sys.stderr.isatty(), file=sys.stderr)
+    for image_id, path in enumerate(bar, start=1):
+        name = os.path.basename(path)
+        digest = _file_sha256(path)
+        png = f"{image_id:04d}_{Path(path).stem}.png"
+        if (name, digest) in done:
+            record = dict(done[(name, digest)], image_id=image_id)
+            record["image"] = dict(record["image"], id=image_id)
+            records.append(record)
+            if not no_draw:
+                written.append(png)
+            continue
+        try:
+            im = load_image(path)
+        except GnconvertError as e:
+            failed.append(path)
+            tqdm.write(f"gnconvert: warning: skipping {path}: {e}", file=sys.stderr)
+            continue
         dets = model.predict(im, masks=not no_masks)
-        b, s = to_results(image_id, dets)
-        bbox += b
-        segm += s
-        image_list.append({"id": image_id, "file_name": os.path.abspath(path), "height": im.shape[0], "width": im.shape[1]})
+        if min_score > 0:
+            dets = dets.select(dets.scores >= min_score)
+        bbox, segm = to_results(image_id, dets)
+        record = {"image_id": image_id, "bbox": bbox, "segm": segm,
+                  "image": {"id": image_id, "file_name": name, "sha256": digest, "height": im.shape[0],
+                            "width": im.shape[1]}}
         if not no_draw:
-            ok, png = cv2.imencode(".png", draw_detections(im, dets, score_thresh=draw_thresh))
-            write_bytes_atomic(out / f"{image_id:04d}_{Path(path).stem}.png", png.tobytes())
+            ok, encoded = cv2.imencode(".png", draw_detections(im, dets, score_thresh=draw_thresh))
+            write_bytes_atomic(folder.folder / png, encoded.tobytes())
+            written.append(png)
+        if folder is not None:
+            try:
+                folder.partial.append([record], rank=0)
+            except OSError as e:
+                raise output_error(folder.partial.folder, e) from None
+        records.append(record)
         shown = int((dets.scores >= draw_thresh).sum())
-        click.echo(f"{path}: {len(dets)} detections ({shown} >= {draw_thresh}); "
-                   + ", ".join(f"{k} {v:.2f}s" for k, v in dets.timings.items()), err=True)
-    write_json_atomic(out / "results_bbox.json", detectron_order(bbox))
-    if not no_masks:
-        write_json_atomic(out / "results_segm.json", detectron_order(segm))
-    write_json_atomic(out / "images.json", image_list, indent=1)
-    click.echo(str(out))
+        tqdm.write(f"{path}: {len(dets)} detections ({shown} >= {draw_thresh}); "
+                   + ", ".join(f"{k} {v:.2f}s" for k, v in dets.timings.items()), file=sys.stderr)
+
+    if failed and not records:
+        raise GnconvertError(f"none of the {len(images)} images could be read (first: {failed[0]}); "
+                             "pass JPEG or PNG files")
+    records.sort(key=lambda r: r["image_id"])
+    bbox = detectron_order(e for r in records for e in r["bbox"])
+    segm = detectron_order(e for r in records for e in r["segm"])
+    image_list = [r["image"] for r in records]
+    if to_stdout:
+        click.echo(json.dumps({"images": image_list, "bbox": bbox, "segm": [] if no_masks else segm}))
+    if folder is not None:
+        finals = {"results_bbox.json": bbox, "images.json": image_list}
+        if not no_masks:
+            finals["results_segm.json"] = segm
+        if not to_stdout:
+            for file_name, content in finals.items():
+                write_json_atomic(folder.folder / file_name, content, indent=1 if file_name == "images.json" else None)
+            written += list(finals)
+        folder.finish(written)
+        if not to_stdout:
+            click.echo(str(folder.folder))
+    return failed

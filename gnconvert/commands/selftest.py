@@ -7,7 +7,7 @@ from ..errors import ParityError
 
 
 @click.command("selftest")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda or cuda:N")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="where to write the temporary ~370 MB checkpoint (default: the system temp folder)")
 def command(device, workdir):

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from ..errors import GnconvertError, UsageError
+from ..errors import UsageError
 
 
 def _catalog_entry(source: str):
@@ -23,15 +24,12 @@ def _catalog_entry(source: str):
     return entry
 
 
-def _model_loader(source: str, device: str):
+def _model_loader(source: str, device: str, opts):
     """Load the model only when the data checks have passed (bad input fails in seconds)."""
     def load():
-        try:
-            from .. import load as load_detector
-        except ImportError:
-            raise GnconvertError("this gnconvert build has no model loader (gnconvert.load); "
-                                 "reinstall gnconvert") from None
-        return load_detector(source, device)
+        from .. import load as load_detector
+
+        return load_detector(source, device, opts=opts)
     return load
 
 
@@ -47,7 +45,7 @@ def _default_output(source: str) -> Path:
 @click.option("--annotations", type=click.Path(path_type=Path), help="The instances_*.json file itself.")
 @click.option("--images", type=click.Path(path_type=Path), help="The image folder itself.")
 @click.option("--limit", type=int, help="Evaluate only the first N images (by image id).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding DataLoader workers.")
 @click.option("--output", type=click.Path(path_type=Path),
@@ -61,11 +59,14 @@ def _default_output(source: str) -> Path:
               show_default=True)
 @click.option("--expect-box-ap", type=float, help="Box AP to check against instead of the catalog's.")
 @click.option("--expect-mask-ap", type=float, help="Mask AP to check against instead of the catalog's.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=None, help="A progress bar (default: when stderr is a terminal).")
+@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
+              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
 def command(source: str, coco_root: Optional[Path], annotations: Optional[Path], images: Optional[Path],
             limit: Optional[int], device: Optional[str], batch_size: int, workers: int, output: Optional[Path],
             tolerance: float, resume: bool, reference_results: bool, evaluator: str,
-            expect_box_ap: Optional[float], expect_mask_ap: Optional[float], progress: bool) -> None:
+            expect_box_ap: Optional[float], expect_mask_ap: Optional[float], progress: Optional[bool],
+            opts) -> None:
     """Evaluate SOURCE (a model id from `gnconvert list`, or a checkpoint path) on COCO minival.
 
     Prints published vs measured box and mask AP with PASS/FAIL within --tolerance and
@@ -84,7 +85,7 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
         published["box_ap"] = expect_box_ap
     if expect_mask_ap is not None:
         published["mask_ap"] = expect_mask_ap
-    if device is None:
+    if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -100,9 +101,10 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
 
                 reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
                              "segm": download.fetch(entry.id, "masks")["masks"]}
-        run_verify(_model_loader(source, device_for_rank(device, dist)), layout,
+        run_verify(_model_loader(source, device_for_rank(device, dist), list(opts)), layout,
                    output or _default_output(source), source=source, published=published or None,
                    tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
-                   evaluator=evaluator, reference=reference, progress=progress, dist=dist, echo=click.echo)
+                   evaluator=evaluator, reference=reference,
+                   progress=sys.stderr.isatty() if progress is None else progress, dist=dist, echo=click.echo)
     finally:
         dist.close()

@@ -11,10 +11,13 @@ IOU_TYPES = {"bbox": "box AP", "segm": "mask AP"}
 PUBLISHED_KEYS = {"bbox": "box_ap", "segm": "mask_ap"}
 
 
-def verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: float) -> Optional[dict]:
+def verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: float,
+             missing: int = 0) -> Optional[dict]:
+    """PASS/FAIL per AP within `tolerance`; INCOMPLETE overall when `missing` images of the set
+    could not be evaluated (AP over part of minival is not the published AP)."""
     if not published:
-        return None
-    out = {}
+        return {"overall": "INCOMPLETE", "missing": missing} if missing else None
+    out: Dict[str, dict] = {}
     for t, key in PUBLISHED_KEYS.items():
         if published.get(key) is None or t not in measured:
             continue
@@ -22,6 +25,8 @@ def verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: fl
         out[t] = {"published": float(published[key]), "delta": delta,
                   "verdict": "PASS" if abs(delta) <= tolerance + 1e-9 else "FAIL"}
     out["overall"] = "PASS" if all(v["verdict"] == "PASS" for k, v in out.items()) else "FAIL"
+    if missing:
+        out["overall"], out["missing"] = "INCOMPLETE", missing
     return out
 
 
@@ -47,7 +52,10 @@ def format_report(report: dict) -> str:
         word = v["verdict"] if v else "n/a"
         lines.append(f"{label:8} {published:>9} {m['AP']:>9.2f} {delta:>7}  {word:<7}"
                      + "".join(f"{_fmt(m[k]):>6}" for k in METRICS[1:]))
-    if verdict:
+    if verdict and verdict["overall"] == "INCOMPLETE":
+        lines.append(f"verdict: INCOMPLETE: {verdict['missing']} of the dataset's images could not be evaluated, "
+                     "so these APs are not the published ones")
+    elif verdict:
         lines.append(f"verdict: {verdict['overall']} (tolerance {report['tolerance']} AP)")
     else:
         lines.append("verdict: none (no published AP for this source in the catalog)")
@@ -57,11 +65,14 @@ def format_report(report: dict) -> str:
         lines.append("Detectron's own detections on these images: "
                      + ", ".join(f"{IOU_TYPES[t]} {ref['metrics'][t]['AP']:.2f}" for t in ref["metrics"]))
         b, s = c["box_max_abs_diff_px"], c["score_abs_diff"]
-        lines.append(f"matched {c['matched']}/{c['detectron_detections']} of Detectron's detections "
-                     f"({100 * c['matched_share']:.2f}%, same class, IoU >= {c['iou_threshold']}); "
-                     f"{c['ours_unmatched']} of ours unmatched")
-        lines.append(f"box |diff| px: median {b['median']:.3g}, p99 {b['p99']:.3g}, max {b['max']:.3g}; "
-                     f"score |diff|: median {s['median']:.3g}, p99 {s['p99']:.3g}, max {s['max']:.3g}")
+        if not c["detectron_detections"]:
+            lines.append("Detectron's published detections hold none for these images: nothing to compare")
+        else:
+            lines.append(f"matched {c['matched']}/{c['detectron_detections']} of Detectron's detections "
+                         f"({100 * c['matched_share']:.2f}%, same class, IoU >= {c['iou_threshold']}); "
+                         f"{c['ours_unmatched']} of ours unmatched")
+            lines.append(f"box |diff| px: median {b['median']:.3g}, p99 {b['p99']:.3g}, max {b['max']:.3g}; "
+                         f"score |diff|: median {s['median']:.3g}, p99 {s['p99']:.3g}, max {s['max']:.3g}")
     lines.append(f"{report['timing']['images_per_second']:.2f} images/s; report: {report['files']['report']}")
     return "\n".join(lines)
 

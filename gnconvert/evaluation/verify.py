@@ -183,7 +183,8 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
         "skipped": [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in skipped],
         "evaluator": evaluator, "tolerance": tolerance, "metrics": metrics,
         "coco_summary": {t: evals[t]["summary"] for t in iou_types},
-        "verdict": verdicts(metrics, published, tolerance), "reference": ref_report,
+        "verdict": verdicts(metrics, published, tolerance, missing=len(skipped) if limit is None else 0),
+        "reference": ref_report,
         "timing": {"predicted_images": n_new, "resumed_images": len(done), "loop_seconds": slowest,
                    "predict_seconds": sum(g["predict_s"] for g in gathered),
                    "worker_startup_seconds": max(g["startup_s"] for g in gathered),
@@ -193,6 +194,10 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
     write_report(files["report"], report)
     partial.clear()
     echo(format_report(report))
+    if report["verdict"] and report["verdict"]["overall"] == "INCOMPLETE":
+        raise ParityError(f"verify INCOMPLETE for {source}: {len(skipped)} of {len(wanted)} images could not be "
+                          f"read (first: {skipped[0]['path']}), so the AP is not minival's; fix the image folder, "
+                          f"or pass --limit to evaluate a subset on purpose; see {files['report']}")
     if report["verdict"] and report["verdict"]["overall"] == "FAIL":
         bad = [f"{IOU_TYPES[t]} {metrics[t]['AP']:.2f} vs published {v['published']}"
                for t, v in report["verdict"].items() if t != "overall" and v["verdict"] == "FAIL"]

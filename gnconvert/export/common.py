@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..converted import ConvertedCheckpoint
-from ..errors import GnconvertError, UsageError
+from ..errors import UsageError
 
 BUNDLED_IMAGE = Path(__file__).resolve().parents[1] / "data" / "selftest" / "images" / "chelsea.png"
 
@@ -24,24 +24,32 @@ def loaded_network(ckpt: ConvertedCheckpoint):
 
 
 def check_output(path) -> str:
-    """Fail early, before any heavy work, when `path` cannot be written."""
+    """Fail early, before any heavy work, when `path` cannot be written (its folder is created)."""
+    from ..atomic import prepare_folder
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"output {path} is a folder; pass a file name, e.g. {os.path.join(path, 'model.pt')}")
-    if not os.path.isdir(folder):
-        raise UsageError(f"cannot write {path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {path}: no write permission in {folder}; choose another output folder")
+    prepare_folder(os.path.dirname(os.path.abspath(path)))
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"cannot write {path}: the file exists and is read-only; remove it or choose another name")
     return path
 
 
+def write_file(tmp: str, data: bytes) -> None:
+    """Write an artifact serialised in memory to its temporary name (see `writing`), after
+    checking that the destination has room for it."""
+    from ..atomic import ensure_free_space, final_path_of
+
+    ensure_free_space(final_path_of(tmp), len(data))
+    with open(tmp, "wb") as f:
+        f.write(data)
+
+
 @contextlib.contextmanager
 def writing(path) -> Iterator[str]:
     """A temporary name in `path`'s folder that becomes `path` only if the block succeeds."""
-    from ..atomic import atomic_path
+    from ..atomic import atomic_path, output_error
 
     path = check_output(path)
     try:
@@ -50,4 +58,4 @@ def writing(path) -> Iterator[str]:
     except OSError as e:
         if e.errno is None:  # not a file-system failure (e.g. TorchScript could not read a source file)
             raise
-        raise GnconvertError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
+        raise output_error(path, e) from None

@@ -2,7 +2,8 @@
 
 Written (for `-o model.onnx`):
 - `model.onnx`: body + FPN + RPN head.  Input `images` (N, 3, H, W) float32, the
-  mean-subtracted, resized, zero-padded BGR blob (H, W multiples of 32, any size);
+  mean-subtracted, resized BGR blob, any size (the graph zero-pads it to multiples
+  of 32 at the bottom and right, as Detectron does);
   outputs `p2`..`p6`, `rpn_logits_2`..`_6` (objectness logits, no sigmoid) and
   `rpn_deltas_2`..`_6` (channel 4a+k).
 - `model.box_head.onnx`: box head + predictor.  Input `roi_features` (R, 256, 7, 7);
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from ..converted import ConvertedCheckpoint
 from ..detections import Detections
 from ..errors import UsageError
-from .common import BUNDLED_IMAGE, loaded_network
+from .common import BUNDLED_IMAGE, loaded_network, write_file
 from .verify import image_name, TOLERANCES, VerifyReport, compare_arrays
 
 OPSET = 17
@@ -38,11 +39,21 @@ IMAGE_OUTPUTS = [f"p{k}" for k in LEVELS] + [f"rpn_logits_{k}" for k in LEVELS] 
 
 
 class _ImageLevel(nn.Module):
-    def __init__(self, network: nn.Module):
+    """The network on a blob of any size: padded with zeros at the bottom and right to a
+    multiple of the coarsest stride first, as Detectron pads its input (a blob that is
+    already padded passes unchanged)."""
+
+    def __init__(self, network: nn.Module, stride: int):
         super().__init__()
         self.network = network
+        self.stride = stride
 
     def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+        import torch.nn.functional as F
+
+        h, w = images.shape[2], images.shape[3]
+        images = F.pad(images, [0, (self.stride - w % self.stride) % self.stride,
+                                0, (self.stride - h % self.stride) % self.stride])
         features, logits, deltas = self.network(images)
         return tuple(features) + tuple(logits) + tuple(deltas)
 
@@ -79,7 +90,8 @@ def _parts(network: nn.Module, arch) -> Dict[str, Tuple[nn.Module, Tensor, List[
     image_axes = {"images": {0: "batch", 2: "height", 3: "width"}}
     image_axes.update({name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in IMAGE_OUTPUTS})
     return {
-        "image_level": (_ImageLevel(network), torch.zeros(1, 3, 128, 192), ["images"], IMAGE_OUTPUTS, image_axes),
+        "image_level": (_ImageLevel(network, arch.coarsest_stride), torch.zeros(1, 3, 128, 192), ["images"],
+                        IMAGE_OUTPUTS, image_axes),
         "box_head": (_BoxHead(network), torch.zeros(2, c, arch.box_roi_resolution, arch.box_roi_resolution),
                      ["roi_features"], ["cls_score", "bbox_pred"],
                      {"roi_features": {0: "rois"}, "cls_score": {0: "rois"}, "bbox_pred": {0: "rois"}}),
@@ -101,21 +113,25 @@ def _metadata(ckpt: ConvertedCheckpoint, part: str) -> Dict[str, str]:
 
 
 def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
-    """Export the three parts to paths (as `outputs` orders them), with metadata."""
+    """Export the three parts to paths (as `outputs` orders them), with metadata; each is
+    serialised in memory and then written, so a full disk is an error, not a crash."""
+    import io
+
     import onnx
     import torch
 
     require_onnx()
     network = loaded_network(ckpt) if network is None else network
     for path, (part, (module, example, inputs, names, axes)) in zip(paths, _parts(network, ckpt.arch).items()):
+        buf = io.BytesIO()
         with torch.no_grad():
-            torch.onnx.export(module.eval(), (example,), path, opset_version=OPSET, dynamo=False,
+            torch.onnx.export(module.eval(), (example,), buf, opset_version=OPSET, dynamo=False,
                               input_names=inputs, output_names=names, dynamic_axes=axes)
-        model = onnx.load(path)
+        model = onnx.load_from_string(buf.getvalue())
         for key, value in _metadata(ckpt, part).items():
             model.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(model)
-        onnx.save(model, path)
+        write_file(path, model.SerializeToString())
 
 
 def _check_inputs(network, arch, image) -> Tuple[Tensor, Tensor, Tensor]:

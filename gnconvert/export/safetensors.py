@@ -13,17 +13,17 @@ from typing import List, Optional
 from ..architecture import Architecture
 from ..converted import ConvertedCheckpoint
 from ..detections import Detections
-from .common import BUNDLED_IMAGE
+from .common import BUNDLED_IMAGE, write_file
 from .verify import image_name, VerifyReport
 from .weights_check import check_weights, run_loaded
 
 
 def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
     from .. import __version__
-    from ..converted import save_converted
+    from ..converted import serialize_converted
 
     provenance = {**ckpt.provenance, "exported_by": f"gnconvert {__version__}"}
-    save_converted(paths[0], ckpt.state_dict, ckpt.arch, provenance, ckpt.dropped, ckpt.cfg_text)
+    write_file(paths[0], serialize_converted(ckpt.state_dict, ckpt.arch, provenance, ckpt.dropped, ckpt.cfg_text))
 
 
 def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
