@@ -8,6 +8,33 @@ Heavy modules (torch) are imported on first use so `gnconvert list` stays fast.
 """
 __version__ = "0.1.0"
 
+
+def _kernels_from_the_source_tree() -> None:
+    """`gnconvert.kernels` is the repository's top-level kernels/ folder, installed under our
+    name (pyproject's package-dir).  Run from a source checkout without installing, that
+    folder is found here instead, so the kernels can never be another package's `kernels`."""
+    import importlib.abc
+    import importlib.util
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.join(os.path.dirname(here), "kernels")
+    if os.path.isdir(os.path.join(here, "kernels")) or not os.path.isfile(os.path.join(folder, "__init__.py")):
+        return
+
+    class _SourceTreeKernels(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "gnconvert.kernels":
+                return None
+            return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                          submodule_search_locations=[folder])
+
+    sys.meta_path.append(_SourceTreeKernels())
+
+
+_kernels_from_the_source_tree()
+
 __all__ = ["load", "Detections", "__version__"]
 
 
@@ -16,14 +43,14 @@ def load(source, device="auto", config=None, opts=None):
 
     A Mask R-CNN model's `predict` returns `Detections`; an ImageNet backbone's `predict`
     returns its top-5 ImageNet classes.  See `gnconvert.api.load` for `device` and `opts`."""
-    from .api import load as _load
+    from gnconvert.api import load as _load
 
     return _load(source, device=device, config=config, opts=opts)
 
 
 def __getattr__(name):
     if name == "Detections":
-        from .detections import Detections
+        from gnconvert.results.detections import Detections
 
         return Detections
     raise AttributeError(f"module 'gnconvert' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import main
+from gnconvert.cli import main
 
 main()

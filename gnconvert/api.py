@@ -9,8 +9,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .converted import ConvertedCheckpoint
-from .errors import UsageError
+from gnconvert.architecture import Kind
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.errors import UsageError
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -31,13 +32,13 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
 def build_model(ckpt: ConvertedCheckpoint, device: Union[str, torch.device, None] = "cpu"):
     """A `Detector` (Mask R-CNN) or a `ResNetClassifier` (ImageNet backbone) with the checkpoint's weights,
     in eval mode on `device`."""
-    from .inference.detector import Detector
-    from .model import build_network
+    from gnconvert.inference.detector import Detector
+    from gnconvert.model import build_network
 
     dev = resolve_device(device)
     network = build_network(ckpt.arch)
     network.load_state_dict(ckpt.torch_state_dict(), strict=True)
-    model = network if ckpt.arch.kind == "classifier" else Detector(network, ckpt.arch)
+    model = network if ckpt.arch.kind == Kind.CLASSIFIER else Detector(network, ckpt.arch)
     model.provenance = dict(ckpt.provenance)
     return model.eval().to(dev)
 
@@ -53,7 +54,7 @@ def load(source, device: Union[str, torch.device, None] = "auto", config: Option
     >>> model = gnconvert.load("48616381", device="cuda")
     >>> dets = model.predict(cv2.imread("image.jpg"))   # gnconvert.Detections
     """
-    from .sources import load_source
+    from gnconvert.checkpoint.sources import load_source
 
     dev = resolve_device(device)  # fail before a long download or conversion
     return build_model(load_source(source, config_path=config, opts=opts), dev)

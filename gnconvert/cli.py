@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .errors import GnconvertError, UsageError
+from gnconvert.errors import GnconvertError, UsageError
 
 # command name -> module in gnconvert.commands that defines `command` (a click.Command)
 COMMANDS = {

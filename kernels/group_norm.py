@@ -42,7 +42,7 @@ __all__ = ["group_norm", "group_norm_torch", "is_available", "GroupNorm", "Group
 def _kernels():
     """The Triton kernel module, or None where Triton is missing or broken."""
     try:
-        from kernels import group_norm_kernels
+        from gnconvert.kernels import group_norm_kernels
     except Exception:  # ImportError, or a Triton that fails to initialise
         return None
     return group_norm_kernels

@@ -49,8 +49,8 @@ print(json.dumps({"seconds": dt, "peak_rss": hwm, "blobs": n}))
 
 def build_checkpoint(path: Path) -> None:
     from gnconvert.architecture import gn_r50_fpn
-    from gnconvert.py2_pickle import write_detectron_pickle
-    from gnconvert.seeded import seeded_blobs
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
+    from gnconvert.fidelity.seeded import seeded_blobs
 
     cfg_text = GOLDEN_CFG.read_text() if GOLDEN_CFG.is_file() else None
     write_detectron_pickle(path, seeded_blobs(gn_r50_fpn(), seed=1), cfg_text)

@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gnconvert.architecture import gn_r50_fpn  # noqa: E402
-from gnconvert.converted import ConvertedCheckpoint  # noqa: E402
+from gnconvert.checkpoint.converted import ConvertedCheckpoint  # noqa: E402
 from gnconvert.export.common import BUNDLED_IMAGE, loaded_network  # noqa: E402
 from gnconvert.export.torchscript import extra_files, script  # noqa: E402
 from gnconvert.inference import Detector  # noqa: E402
-from gnconvert.name_mapping import detectron_to_torch  # noqa: E402
-from gnconvert.seeded import seeded_blobs  # noqa: E402
+from gnconvert.checkpoint.name_mapping import detectron_to_torch  # noqa: E402
+from gnconvert.fidelity.seeded import seeded_blobs  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

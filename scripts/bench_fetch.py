@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from detectron_server import serve_folder  # noqa: E402
 
-from gnconvert import catalog  # noqa: E402
+from gnconvert.zoo import catalog  # noqa: E402
 
 MODEL_ID = "48616381"
 

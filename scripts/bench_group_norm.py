@@ -7,7 +7,7 @@ site of Detectron's e2e_mask_rcnn_R-50-FPN_2x_gn (stem, every bottleneck's
 4 box-head convs on 1000 RoIs per image at 7x7 and the 4 mask-head convs on 100
 RoIs per image at 14x14), times in the same run
 
-  ours     kernels.group_norm.group_norm(x, 32, w, b, residual=r?, relu=?)
+  ours     gnconvert.kernels.group_norm.group_norm(x, 32, w, b, residual=r?, relu=?)
   native   F.group_norm alone, and F.group_norm + add_ + relu_ as the eager model runs it
 
 with CUDA events (triton.testing.do_bench: L2 flushed, median), and prints the
@@ -39,7 +39,7 @@ if not torch.cuda.is_available():
 
 import torch.nn.functional as F  # noqa: E402
 
-from kernels.group_norm import group_norm, group_norm_torch  # noqa: E402
+from gnconvert.kernels.group_norm import group_norm, group_norm_torch  # noqa: E402
 
 GROUPS = 32
 SPEC_BANDWIDTH = {  # bytes/s, from the vendors' data sheets

@@ -43,8 +43,8 @@ def ours(device: str):
     from gnconvert.architecture import gn_r50_fpn
     from gnconvert.inference import Detector
     from gnconvert.model import build_network
-    from gnconvert.name_mapping import detectron_to_torch
-    from gnconvert.seeded import seeded_blobs
+    from gnconvert.checkpoint.name_mapping import detectron_to_torch
+    from gnconvert.fidelity.seeded import seeded_blobs
 
     arch = gn_r50_fpn()
     net = build_network(arch)

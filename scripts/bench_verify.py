@@ -39,8 +39,8 @@ from coco_fixture import GoldenPredictor, build_coco  # noqa: E402
 from gnconvert.evaluation import find_layout, run_verify  # noqa: E402
 from gnconvert.evaluation.coco_eval import CocoEvaluator, load_annotations  # noqa: E402
 from gnconvert.evaluation.distributed import Workers, init_from_env  # noqa: E402
-from gnconvert.evaluation.partial_results import PartialResults  # noqa: E402
-from gnconvert.evaluation.verify import predict_loop  # noqa: E402
+from gnconvert.results.partial import PartialResults  # noqa: E402
+from gnconvert.evaluation.run import predict_loop  # noqa: E402
 
 GOLDEN = Path(os.environ.get("GNCONVERT_SHARED", REPO.parent / "shared")) / "golden"
 

@@ -98,8 +98,8 @@ def seeded_detector(device, dry: bool):
     from gnconvert.architecture import gn_r50_fpn
     from gnconvert.inference import Detector
     from gnconvert.model import build_network
-    from gnconvert.name_mapping import detectron_to_torch
-    from gnconvert.seeded import seeded_blobs
+    from gnconvert.checkpoint.name_mapping import detectron_to_torch
+    from gnconvert.fidelity.seeded import seeded_blobs
 
     arch = gn_r50_fpn()
     network = build_network(arch)
@@ -204,7 +204,7 @@ def step_predict(dry: bool) -> dict:
     import cv2
     import torch
 
-    from kernels.group_norm import KERNEL_ENV
+    from gnconvert.kernels.group_norm import KERNEL_ENV
 
     device, _ = device_and_dtypes(dry)
     detector, _ = seeded_detector(device, dry)

@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from gnconvert import coco_categories
-from gnconvert.detections import Detections
+from gnconvert.results import coco_categories
+from gnconvert.results.detections import Detections
 
 DEFAULT_TAG = "R-50-FPN-GN_seed1"
 # layout -> (annotation file name, image folder, file name pattern)

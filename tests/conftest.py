@@ -28,8 +28,9 @@ def golden_dir() -> Path:
 def seeded_pickle(tmp_path_factory, golden_dir):
     """Factory: arch name (a golden inventory name) -> path of a full-size seeded (seed 1) checkpoint
     written as Detectron writes it: a Python-2 protocol-2 pickle with the real cfg text embedded."""
-    from gnconvert import architecture, seeded
-    from gnconvert.py2_pickle import write_detectron_pickle
+    from gnconvert import architecture
+    from gnconvert.fidelity import seeded
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
 
     made = {}
 

@@ -90,7 +90,7 @@ class DetectronServer:
 
     def publish_model(self, model_id: str, **files: bytes) -> Dict[str, str]:
         """Publish files of a catalog model (model=..., boxes=..., masks=...); returns what -> rel path."""
-        from gnconvert import catalog
+        from gnconvert.zoo import catalog
 
         entry = catalog.get(model_id)
         rels = {what: entry.file(what) for what in files}

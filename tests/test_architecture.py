@@ -16,7 +16,7 @@ from gnconvert.architecture import (
     architecture_from_cfg,
     architecture_from_checkpoint,
 )
-from gnconvert.detectron_cfg import parse_detectron_cfg
+from gnconvert.checkpoint.detectron_cfg import parse_detectron_cfg
 from gnconvert.errors import CheckpointError
 
 DETECTION = [n for n, a in REFERENCE_ARCHITECTURES.items() if a.kind == "mask_rcnn"]

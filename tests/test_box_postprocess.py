@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gnconvert import golden_format
+from gnconvert.fidelity import golden_format
 from gnconvert.architecture import gn_r50_fpn
 from gnconvert.inference import box_postprocess, boxes, preprocess
 

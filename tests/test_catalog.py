@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from gnconvert import catalog
-from gnconvert.catalog import NoDownloadError
+from gnconvert.zoo import catalog
+from gnconvert.zoo.catalog import NoDownloadError
 from gnconvert.errors import UsageError
 
 MODEL = "output/train/coco_2014_train%3Acoco_2014_valminusminival/generalized_rcnn/model_final.pkl"

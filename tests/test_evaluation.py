@@ -14,11 +14,18 @@ import numpy as np
 import pytest
 
 from coco_fixture import GoldenPredictor, build_coco, golden_detections, golden_results
-from gnconvert import coco_categories
-from gnconvert.detections import Detections
+from gnconvert.results import coco_categories
+from gnconvert.results.detections import Detections
 from gnconvert.errors import UsageError
-from gnconvert.evaluation import (CocoEvaluator, detectron_order, evaluate, find_layout, from_results,
-                                  load_annotations, to_results)
+from gnconvert.evaluation import (
+    CocoEvaluator,
+    detectron_order,
+    evaluate,
+    find_layout,
+    from_results,
+    load_annotations,
+    to_results,
+)
 from gnconvert.evaluation.coco_layout import LayoutError
 from gnconvert.evaluation.dataset import CocoImages, image_loader
 from gnconvert.evaluation import reference

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from detectron_server import detectron_server, gnconvert_env  # noqa: F401  (fixtures)
-from gnconvert import download
-from gnconvert.catalog import NoDownloadError
+from gnconvert.zoo import download
+from gnconvert.zoo.catalog import NoDownloadError
 from gnconvert.errors import DownloadError, UsageError
 
 MODEL_ID = "48616381"

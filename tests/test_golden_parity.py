@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from gnconvert import golden_format, parity
+from gnconvert.fidelity import golden_format, parity
 from gnconvert.architecture import bn_r50_fpn, gn_r50_fpn
 
 from golden_cases import GOLDEN_CASES
@@ -37,8 +37,8 @@ def _seeded_weights(golden_dir):
 def detector_for(golden_dir, tmp_path_factory):
     """tag -> Detector, each architecture built once per session."""
     from gnconvert.api import build_model
-    from gnconvert.py2_pickle import write_detectron_pickle
-    from gnconvert.sources import convert_detectron_pickle
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
+    from gnconvert.checkpoint.sources import convert_detectron_pickle
 
     sw = _seeded_weights(golden_dir)
     cache = {}
@@ -69,7 +69,7 @@ def detector_for(golden_dir, tmp_path_factory):
 
 
 def _dets(boxes, scores, classes, rles=None):
-    from gnconvert.detections import Detections
+    from gnconvert.results.detections import Detections
 
     return Detections(
         boxes=np.array(boxes, np.float32).reshape(-1, 4), scores=np.array(scores, np.float32),

@@ -17,11 +17,11 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 pytest.importorskip("triton")
 
 from gnconvert.errors import UsageError  # noqa: E402
-import kernels  # noqa: E402
-import kernels.group_norm as gn_module  # noqa: E402
-from kernels import GroupNorm, GroupNormReLU, is_available  # noqa: E402
-from kernels import group_norm_kernels as K  # noqa: E402
-from kernels.group_norm import group_norm  # noqa: E402
+from gnconvert import kernels  # noqa: E402
+import gnconvert.kernels.group_norm as gn_module  # noqa: E402
+from gnconvert.kernels import GroupNorm, GroupNormReLU, is_available  # noqa: E402
+from gnconvert.kernels import group_norm_kernels as K  # noqa: E402
+from gnconvert.kernels.group_norm import group_norm  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 gpu = pytest.mark.gpu
@@ -376,8 +376,8 @@ def test_without_triton_kernels_import_and_fall_back():
 
     code = (
         "import sys; sys.modules['triton'] = None\n"  # any `import triton` now raises ImportError
-        "import torch, torch.nn.functional as F, kernels\n"
-        "from kernels.group_norm import group_norm\n"
+        "import torch, torch.nn.functional as F\nfrom gnconvert import kernels\n"
+        "from gnconvert.kernels.group_norm import group_norm\n"
         "assert not kernels.is_available('cpu') and not kernels.is_available('cuda')\n"
         "x = torch.randn(2, 8, 5, 7, dtype=torch.float64)\n"
         "assert torch.allclose(group_norm(x, 4, relu=True), F.relu(F.group_norm(x, 4)))\n"
@@ -405,7 +405,7 @@ def test_importing_kernels_needs_no_triton():
             for alias in node.names
         ]
         assert not any(name and name.split(".")[0] == "triton" for name in top_imports)
-        assert not any(name == "kernels.group_norm_kernels" for name in top_imports)
+        assert not any(name == "gnconvert.kernels.group_norm_kernels" for name in top_imports)
 
 
 # --------------------------------------------------------------------------- compiled for a real GPU
@@ -417,7 +417,7 @@ _COMPILE_FOR_H100 = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels.group_norm_kernels as K
+import gnconvert.kernels.group_norm_kernels as K
 
 def jit_of(k):
     while not isinstance(k, triton.runtime.jit.JITFunction):

@@ -22,10 +22,10 @@ import torch
 from detectron_server import detectron_server, gnconvert_env  # noqa: F401  (fixtures)
 from gnconvert.architecture import gn_r50_fpn
 from gnconvert.cli import main
-from gnconvert.converted import load_converted, save_converted
+from gnconvert.checkpoint.converted import load_converted, save_converted
 from gnconvert.errors import CheckpointError, UsageError
-from gnconvert.name_mapping import detectron_to_torch
-from gnconvert.seeded import seeded_blobs
+from gnconvert.checkpoint.name_mapping import detectron_to_torch
+from gnconvert.fidelity.seeded import seeded_blobs
 
 TINY = ["--opts", "TEST.SCALE", "64", "TEST.MAX_SIZE", "96"]  # the full network, on a tiny input
 
@@ -275,7 +275,7 @@ def test_predict_with_a_classifier_leaves_no_folder(tmp_path, capsys):
 ])
 def test_unknown_config_keys_are_rejected_like_detectron(tmp_path, capsys, text, message):
     from gnconvert.architecture import classifier_r50_gn
-    from gnconvert.py2_pickle import write_detectron_pickle
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
 
     pkl = tmp_path / "R-50-GN.pkl"
     write_detectron_pickle(pkl, seeded_blobs(classifier_r50_gn(), 1), layout="bare")
@@ -308,7 +308,7 @@ def test_malformed_base_url_is_one_line(gnconvert_env, monkeypatch, capsys, url)
 
 
 def test_file_mirror_fetches_and_verifies(gnconvert_env, detectron_server, monkeypatch, tmp_path):
-    from gnconvert import download
+    from gnconvert.zoo import download
 
     payload = os.urandom(300_000)
     rels = detectron_server.publish_model("48616381", model=payload)
@@ -333,7 +333,7 @@ def test_selftest_workdir_problems_are_one_line(tmp_path, capsys):
 # --------------------------------------------------------------------------- 8. TorchScript needs torchvision
 def test_archive_says_it_needs_torchvision_and_self_check_reads_its_operators(tmp_path):
     from gnconvert.export.torchscript import LOADING, extra_files, operators
-    from gnconvert.converted import ConvertedCheckpoint
+    from gnconvert.checkpoint.converted import ConvertedCheckpoint
 
     arch = gn_r50_fpn()
     files = extra_files(ConvertedCheckpoint(state_dict={}, arch=arch))
@@ -364,7 +364,7 @@ def test_random_bytes_named_safetensors_and_python3_pickles_name_the_problem(tmp
 
 def test_no_local_paths_in_provenance(tmp_path, capsys):
     from gnconvert.architecture import classifier_r50_gn
-    from gnconvert.py2_pickle import write_detectron_pickle
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
 
     pkl = tmp_path / "deep" / "R-50-GN.pkl"
     pkl.parent.mkdir()
@@ -403,8 +403,8 @@ def test_onnx_body_takes_any_size(tmp_path):
 def test_drawing_decodes_only_the_drawn_masks(monkeypatch):
     from pycocotools import mask as mask_util
 
-    from gnconvert.detections import Detections
-    from gnconvert.visualize import draw_detections
+    from gnconvert.results.detections import Detections
+    from gnconvert.results.draw import draw_detections
 
     h, w = 300, 400
     masks = np.zeros((50, h, w), np.uint8)
@@ -440,16 +440,17 @@ def test_gnconvert_exports_detections_and_load_defaults_to_auto():
     import inspect
 
     import gnconvert
+    import gnconvert.results.detections
     from gnconvert import Detections
 
-    assert Detections is gnconvert.detections.Detections and "Detections" in dir(gnconvert)
+    assert Detections is gnconvert.results.detections.Detections and "Detections" in dir(gnconvert)
     assert inspect.signature(gnconvert.load).parameters["device"].default == "auto"
 
 
 def test_classifier_predicts_top5_imagenet_classes(tmp_path):
     from gnconvert.api import build_model
     from gnconvert.architecture import classifier_r50_gn
-    from gnconvert.converted import ConvertedCheckpoint
+    from gnconvert.checkpoint.converted import ConvertedCheckpoint
 
     arch = classifier_r50_gn()
     mapped = detectron_to_torch(seeded_blobs(arch, 1), arch)

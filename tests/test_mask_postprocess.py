@@ -7,7 +7,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_util
 
-from gnconvert import golden_format
+from gnconvert.fidelity import golden_format
 from gnconvert.inference import mask_postprocess, preprocess, rle, roi_levels
 
 from golden_cases import GOLDEN_CASES

@@ -15,8 +15,8 @@ from gnconvert.model.norm import AffineChannel, ConvNorm, GroupNorm, NoNorm, gro
 from gnconvert.model.resnet import Bottleneck, ResNetBody
 from gnconvert.model.roi_heads import BoxPredictor, ConvFCBoxHead, MaskHead, MLPBoxHead
 from gnconvert.model.rpn import RPNHead
-from gnconvert.name_mapping import detectron_to_torch
-from gnconvert.seeded import seeded_blobs
+from gnconvert.checkpoint.name_mapping import detectron_to_torch
+from gnconvert.fidelity.seeded import seeded_blobs
 
 GN_R50 = REFERENCE_ARCHITECTURES["e2e_mask_rcnn_R-50-FPN_2x_gn"]
 BN_R50 = REFERENCE_ARCHITECTURES["e2e_mask_rcnn_R-50-FPN_2x"]
@@ -83,9 +83,9 @@ def test_functional_group_norm_without_affine():
 def test_fused_kernel_wiring_gives_the_same_result(monkeypatch, relu, with_residual):
     """Where the fused kernel is chosen (CUDA), our arguments reach it in its order.
 
-    Forced here on the CPU, where kernels.group_norm's op computes with torch arithmetic.
+    Forced here on the CPU, where gnconvert.kernels.group_norm's op computes with torch arithmetic.
     """
-    pytest.importorskip("kernels.group_norm")
+    pytest.importorskip("gnconvert.kernels.group_norm")
     from gnconvert.model import norm as norm_module
 
     x = torch.randn(2, 64, 5, 7, generator=gen())
@@ -379,7 +379,7 @@ def test_every_stage_reproduces_detectrons_intermediates(golden_dir, tag, name, 
 
 def test_build_network_by_kind():
     assert isinstance(build_network(REFERENCE_ARCHITECTURES["ImageNet_R-50-GN"]), ResNetClassifier)
-    with pytest.raises(ValueError, match="unknown architecture kind"):
+    with pytest.raises(ValueError, match="unknown architecture kind 'retinanet'"):
         build_network(dataclasses.replace(GN_R50, kind="retinanet"))
 
 
@@ -415,7 +415,7 @@ def test_other_networks_script_too(name):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_network_matches_cpu_with_the_fused_kernel():
-    """On CUDA GroupNorm goes through kernels.group_norm; results agree with the CPU path."""
+    """On CUDA GroupNorm goes through gnconvert.kernels.group_norm; results agree with the CPU path."""
     net = build_network(GN_R50).eval()
     net.load_state_dict(_mapped("e2e_mask_rcnn_R-50-FPN_2x_gn").torch_state_dict())
     x = torch.randn(1, 3, 128, 160, generator=gen()) * 50

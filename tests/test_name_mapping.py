@@ -9,7 +9,7 @@ import pytest
 
 from gnconvert.architecture import REFERENCE_ARCHITECTURES
 from gnconvert.errors import MappingError
-from gnconvert.name_mapping import (
+from gnconvert.checkpoint.name_mapping import (
     IMAGENET_FC_REASON,
     detectron_to_torch,
     expected_inventory,
@@ -17,7 +17,7 @@ from gnconvert.name_mapping import (
     preserved_inventory,
     torch_to_detectron,
 )
-from gnconvert.seeded import seeded_blobs
+from gnconvert.fidelity.seeded import seeded_blobs
 
 GN_R50 = "e2e_mask_rcnn_R-50-FPN_2x_gn"
 BN_R50 = "e2e_mask_rcnn_R-50-FPN_2x"
@@ -194,7 +194,7 @@ def test_msra_leftovers_are_dropped_only_from_bn_detectors():
 
 
 def test_table_prints_one_row_per_parameter():
-    from gnconvert.name_mapping import format_table
+    from gnconvert.checkpoint.name_mapping import format_table
 
     arch = REFERENCE_ARCHITECTURES["ImageNet_R-50-GN"]
     lines = format_table(arch).splitlines()

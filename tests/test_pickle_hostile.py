@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from gnconvert.errors import CheckpointError
-from gnconvert.pickle_reader import read_detectron_pickle
+from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
 
 TRIPPED = []
 

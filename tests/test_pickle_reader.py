@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gnconvert.errors import CheckpointError
-from gnconvert.pickle_reader import read_detectron_pickle
+from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from gnconvert import coco_categories
+from gnconvert.results import coco_categories
 
 
 def _run(*args, cwd=None):

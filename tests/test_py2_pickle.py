@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gnconvert.errors import CheckpointError
-from gnconvert.py2_pickle import dumps_detectron_pickle, write_detectron_pickle
-from gnconvert.pickle_reader import read_detectron_pickle
+from gnconvert.checkpoint.py2_pickle import dumps_detectron_pickle, write_detectron_pickle
+from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
 
 
 def _real(golden_dir, name):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gnconvert.architecture import REFERENCE_ARCHITECTURES
-from gnconvert.seeded import blob_rng, blobs_checksum, draw_blob, seeded_blobs
+from gnconvert.fidelity.seeded import blob_rng, blobs_checksum, draw_blob, seeded_blobs
 
 # golden/README.md, "Checksums for seed 1": (blob count, sha256[:16])
 README_CHECKSUMS = {

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gnconvert import selftest
+from gnconvert.fidelity import selftest
 
 
 def test_selftest_cli_passes_offline(tmp_path):

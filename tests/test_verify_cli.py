@@ -229,8 +229,8 @@ def _seeded_checkpoint_with_swapped_rows(golden_dir, path: Path, a: int, b: int)
     """The seeded R-50-FPN GN checkpoint with two classes' score rows swapped: a faithful
     conversion of an unfaithful model, which verify must fail."""
     from gnconvert.architecture import gn_r50_fpn
-    from gnconvert.py2_pickle import write_detectron_pickle
-    from gnconvert.seeded import blobs_checksum, seeded_blobs
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
+    from gnconvert.fidelity.seeded import blobs_checksum, seeded_blobs
 
     blobs = seeded_blobs(gn_r50_fpn(), seed=1)
     assert blobs_checksum(blobs)[:16] == "9a503c71c2c585e5"  # golden/README.md's checksum

@@ -21,9 +21,9 @@ def command(source: str, output: str, config_path, opts) -> None:
     settings, provenance (model id, source MD5) and the dropped-blob list, so it
     loads later without the .pkl.  Written atomically: a failure leaves no OUT.
     """
-    from ..converted import save_converted
-    from ..name_mapping import describe
-    from ..sources import load_source
+    from gnconvert.checkpoint.converted import save_converted
+    from gnconvert.checkpoint.name_mapping import describe
+    from gnconvert.checkpoint.sources import load_source
 
     ckpt = load_source(source, config_path=config_path, opts=list(opts))
     save_converted(output, ckpt.state_dict, ckpt.arch, ckpt.provenance, ckpt.dropped, ckpt.cfg_text)

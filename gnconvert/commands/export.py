@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..export import TARGETS
+from gnconvert.export import TARGETS
 
 
 @click.command("export")
@@ -24,8 +24,8 @@ def command(source: str, target: str, output: str, config_path, no_verify: bool,
     run on the bundled image and compared with the in-process model; only if it
     matches is it renamed to OUT.  The largest differences are printed.
     """
-    from ..export import export, output_paths
-    from ..sources import load_source
+    from gnconvert.export import export, output_paths
+    from gnconvert.checkpoint.sources import load_source
 
     output_paths(target, output)  # an unwritable OUT fails before the model is loaded
     ckpt = load_source(source, config_path=config_path, opts=list(opts))

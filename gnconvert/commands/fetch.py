@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .. import download
+from gnconvert.zoo import download
 
 
 @click.command("fetch")

@@ -18,7 +18,7 @@ def _drop_kind(reason: str) -> str:
 
 def summarize(ckpt, source: str, converted: bool) -> Dict[str, Any]:
     """Everything `inspect` shows, as plain data (the --json output)."""
-    from ..name_mapping import describe
+    from gnconvert.checkpoint.name_mapping import describe
 
     arch, test = ckpt.arch, ckpt.arch.test
     dropped_by_kind = Counter(_drop_kind(r) for r in ckpt.dropped.values())
@@ -109,8 +109,8 @@ def command(source: str, config_path, as_json: bool, opts) -> None:
     conversion drops and why, the parameter count and the cfg's test settings.
     Nothing in the file is executed.
     """
-    from ..converted import is_converted_file
-    from ..sources import load_source
+    from gnconvert.checkpoint.converted import is_converted_file
+    from gnconvert.checkpoint.sources import load_source
 
     summary = summarize(load_source(source, config_path=config_path, opts=list(opts)), source,
                         is_converted_file(source))

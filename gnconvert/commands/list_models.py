@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .. import catalog, download
+from gnconvert.zoo import catalog, download
 
 
 def _cached(entry) -> dict:

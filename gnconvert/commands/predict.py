@@ -18,7 +18,7 @@ from typing import List, Optional
 
 import click
 
-from ..errors import GnconvertError, Interrupted, UsageError
+from gnconvert.errors import GnconvertError, Interrupted, UsageError
 
 MANIFEST = ".gnconvert-predict.json"
 RESULT_FILES = ("results_bbox.json", "results_segm.json", "images.json")
@@ -64,8 +64,8 @@ class OutputFolder:
     """The -o folder: ours (manifest), new, or refused; our files replaced as a set."""
 
     def __init__(self, folder: Path, fingerprint: dict, resume: bool):
-        from ..atomic import prepare_folder
-        from ..evaluation.partial_results import PartialResults
+        from gnconvert.atomic import prepare_folder
+        from gnconvert.results.partial import PartialResults
 
         self.folder = folder
         self.fingerprint = fingerprint
@@ -97,7 +97,7 @@ class OutputFolder:
         self.partial.clear()
 
     def _write_manifest(self, written: Optional[List[str]] = None) -> None:
-        from ..atomic import write_json_atomic
+        from gnconvert.atomic import write_json_atomic
 
         write_json_atomic(self.folder / MANIFEST, {"tool": "gnconvert predict", "fingerprint": self.fingerprint,
                                                    "written": written or []}, indent=1)
@@ -146,7 +146,7 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
     and images.json maps ids to file names and SHA-256 digests.  Unreadable images are skipped
     with a warning (the exit status is then 1); Ctrl-C keeps what is done for --resume.
     """
-    from ..api import load
+    from gnconvert.api import load
 
     images = expand_inputs(inputs)
     to_stdout = json_target == "-"
@@ -189,10 +189,10 @@ def _run(model, images, folder: Optional[OutputFolder], to_stdout, min_score, dr
     import cv2
     from tqdm import tqdm
 
-    from ..atomic import output_error, write_bytes_atomic, write_json_atomic
-    from ..evaluation.results_format import detectron_order, to_results
-    from ..inference.preprocess import load_image
-    from ..visualize import draw_detections
+    from gnconvert.atomic import output_error, write_bytes_atomic, write_json_atomic
+    from gnconvert.results.coco_results import detectron_order, to_results
+    from gnconvert.inference.preprocess import load_image
+    from gnconvert.results.draw import draw_detections
 
     done = {(r["image"]["file_name"], r["image"]["sha256"]): r for r in folder.done.values()} if folder else {}
     records, failed, written = [], [], []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ParityError
+from gnconvert.errors import ParityError
 
 
 @click.command("selftest")
@@ -15,7 +15,7 @@ def command(device, workdir):
 
     Needs no network and no dataset; exits non-zero on any mismatch.
     """
-    from .. import selftest
+    from gnconvert.fidelity import selftest
 
     result = selftest.run(device=device, workdir=workdir, log=lambda s: click.echo(s, err=True))
     click.echo(result.format())

@@ -8,12 +8,12 @@ from typing import Optional
 
 import click
 
-from ..errors import UsageError
+from gnconvert.errors import UsageError
 
 
 def _catalog_entry(source: str):
     """The catalog entry when SOURCE is a model id; None for a path."""
-    from .. import catalog
+    from gnconvert.zoo import catalog
 
     if Path(source).exists() or source not in catalog.load_catalog():
         return None
@@ -27,7 +27,7 @@ def _catalog_entry(source: str):
 def _model_loader(source: str, device: str, opts):
     """Load the model only when the data checks have passed (bad input fails in seconds)."""
     def load():
-        from .. import load as load_detector
+        from gnconvert import load as load_detector
 
         return load_detector(source, device, opts=opts)
     return load
@@ -73,8 +73,8 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
     exits non-zero on FAIL; writes Detectron-format results JSON and report.json.
     Many GPUs: torchrun --nproc_per_node K -m gnconvert verify ...
     """
-    from ..evaluation import find_layout, run_verify
-    from ..evaluation.distributed import device_for_rank, init_from_env
+    from gnconvert.evaluation import find_layout, run_verify
+    from gnconvert.evaluation.distributed import device_for_rank, init_from_env
 
     if tolerance < 0:
         raise UsageError(f"--tolerance {tolerance} must be >= 0")
@@ -97,7 +97,7 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
             if entry is None:
                 raise UsageError(f"--reference-results needs a catalog model id, and {source} is not one")
             if dist.is_main:
-                from .. import download
+                from gnconvert.zoo import download
 
                 reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
                              "segm": download.fetch(entry.id, "masks")["masks"]}

@@ -3,10 +3,10 @@
 A "predictor" is anything with `predict_batch(list of BGR uint8 arrays) -> list of
 gnconvert.detections.Detections` (the inference Detector is one).
 """
-from .coco_eval import METRICS, CocoEvaluator, evaluate, load_annotations
-from .coco_layout import CocoLayout, find_layout
-from .results_format import detectron_order, from_results, to_results
-from .verify import run_verify
+from gnconvert.evaluation.coco_eval import METRICS, CocoEvaluator, evaluate, load_annotations
+from gnconvert.evaluation.coco_layout import CocoLayout, find_layout
+from gnconvert.results.coco_results import detectron_order, from_results, to_results
+from gnconvert.evaluation.run import run_verify
 
 __all__ = ["METRICS", "CocoEvaluator", "evaluate", "load_annotations", "CocoLayout", "find_layout",
            "detectron_order", "from_results", "to_results", "run_verify"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UsageError
+from gnconvert.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 from pycocotools import mask as mask_util
 
-from ..errors import UsageError
-from .results_format import group_by_image
+from gnconvert.errors import UsageError
+from gnconvert.results.coco_results import group_by_image
 
 
 def load_results_file(path: Path, image_ids: Iterable[int]) -> List[dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional
 
-from ..atomic import write_json_atomic
-from .coco_eval import METRICS
+from gnconvert.atomic import write_json_atomic
+from gnconvert.evaluation.coco_eval import METRICS
 
 IOU_TYPES = {"bbox": "box AP", "segm": "mask AP"}
 PUBLISHED_KEYS = {"bbox": "box_ap", "segm": "mask_ap"}

@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..errors import ParityError, UsageError
-from .common import BUNDLED_IMAGE, check_output, loaded_network, writing
-from .verify import VerifyReport
+from gnconvert.errors import ParityError, UsageError
+from gnconvert.export.common import BUNDLED_IMAGE, check_output, loaded_network, writing
+from gnconvert.export.self_check import VerifyReport
 
 TARGETS = ("torchscript", "onnx", "safetensors", "detectron")
 

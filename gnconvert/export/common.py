@@ -6,17 +6,18 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ..converted import ConvertedCheckpoint
-from ..errors import UsageError
+from gnconvert.architecture import Kind
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.errors import UsageError
 
 BUNDLED_IMAGE = Path(__file__).resolve().parents[1] / "data" / "selftest" / "images" / "chelsea.png"
 
 
 def loaded_network(ckpt: ConvertedCheckpoint):
     """`build_network(arch)` with the checkpoint's weights, in eval mode."""
-    from ..model import build_network
+    from gnconvert.model import build_network
 
-    if ckpt.arch.kind != "mask_rcnn":
+    if ckpt.arch.kind != Kind.MASK_RCNN:
         raise UsageError(f"export handles Mask R-CNN checkpoints; this one is an ImageNet {ckpt.arch.kind}")
     network = build_network(ckpt.arch)
     network.load_state_dict(ckpt.torch_state_dict())
@@ -25,7 +26,7 @@ def loaded_network(ckpt: ConvertedCheckpoint):
 
 def check_output(path) -> str:
     """Fail early, before any heavy work, when `path` cannot be written (its folder is created)."""
-    from ..atomic import prepare_folder
+    from gnconvert.atomic import prepare_folder
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -39,7 +40,7 @@ def check_output(path) -> str:
 def write_file(tmp: str, data: bytes) -> None:
     """Write an artifact serialised in memory to its temporary name (see `writing`), after
     checking that the destination has room for it."""
-    from ..atomic import ensure_free_space, final_path_of
+    from gnconvert.atomic import ensure_free_space, final_path_of
 
     ensure_free_space(final_path_of(tmp), len(data))
     with open(tmp, "wb") as f:
@@ -49,7 +50,7 @@ def write_file(tmp: str, data: bytes) -> None:
 @contextlib.contextmanager
 def writing(path) -> Iterator[str]:
     """A temporary name in `path`'s folder that becomes `path` only if the block succeeds."""
-    from ..atomic import atomic_path, output_error
+    from gnconvert.atomic import atomic_path, output_error
 
     path = check_output(path)
     try:

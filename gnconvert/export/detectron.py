@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from ..converted import ConvertedCheckpoint
-from ..detections import Detections
-from .common import BUNDLED_IMAGE
-from .verify import image_name, VerifyReport
-from .weights_check import check_weights, run_loaded
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.results.detections import Detections
+from gnconvert.export.common import BUNDLED_IMAGE
+from gnconvert.export.self_check import image_name, VerifyReport
+from gnconvert.export.weights_check import check_weights, run_loaded
 
 
 def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
-    from ..name_mapping import torch_to_detectron
-    from ..py2_pickle import write_detectron_pickle
+    from gnconvert.checkpoint.name_mapping import torch_to_detectron
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
 
     write_detectron_pickle(paths[0], torch_to_detectron(ckpt.state_dict, ckpt.arch), ckpt.cfg_text)
 
@@ -28,8 +28,8 @@ def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
 def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
            reference: Optional[Detections] = None, image=BUNDLED_IMAGE) -> VerifyReport:
     """Read the pickle back as Detectron's files are read, map it, compare, run it."""
-    from ..name_mapping import detectron_to_torch, mapping_rules
-    from ..pickle_reader import read_detectron_pickle
+    from gnconvert.checkpoint.name_mapping import detectron_to_torch, mapping_rules
+    from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
 
     report = VerifyReport("detectron", paths[0], f"{image_name(image)} (weights + whole pipeline)")
     pickle = read_detectron_pickle(paths[0])

@@ -27,11 +27,11 @@ from typing import Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..converted import ConvertedCheckpoint
-from ..detections import Detections
-from ..errors import UsageError
-from .common import BUNDLED_IMAGE, loaded_network, write_file
-from .verify import image_name, TOLERANCES, VerifyReport, compare_arrays
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.results.detections import Detections
+from gnconvert.errors import UsageError
+from gnconvert.export.common import BUNDLED_IMAGE, loaded_network, write_file
+from gnconvert.export.self_check import image_name, TOLERANCES, VerifyReport, compare_arrays
 
 OPSET = 17
 LEVELS = (2, 3, 4, 5, 6)
@@ -101,7 +101,7 @@ def _parts(network: nn.Module, arch) -> Dict[str, Tuple[nn.Module, Tensor, List[
 
 
 def _metadata(ckpt: ConvertedCheckpoint, part: str) -> Dict[str, str]:
-    from .. import __version__
+    from gnconvert import __version__
 
     arch = ckpt.arch.to_dict()
     return {
@@ -139,8 +139,8 @@ def _check_inputs(network, arch, image) -> Tuple[Tensor, Tensor, Tensor]:
     import numpy as np
     import torch
 
-    from ..inference import roi_levels
-    from ..inference.preprocess import input_blob, load_image
+    from gnconvert.inference import roi_levels
+    from gnconvert.inference.preprocess import input_blob, load_image
 
     means = torch.tensor(arch.pixel_means, dtype=torch.float64)
     data, _, _ = input_blob(torch.from_numpy(load_image(image)), means, 320, 533, arch.coarsest_stride)

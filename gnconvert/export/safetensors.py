@@ -10,17 +10,17 @@ from __future__ import annotations
 import json
 from typing import List, Optional
 
-from ..architecture import Architecture
-from ..converted import ConvertedCheckpoint
-from ..detections import Detections
-from .common import BUNDLED_IMAGE, write_file
-from .verify import image_name, VerifyReport
-from .weights_check import check_weights, run_loaded
+from gnconvert.architecture import Architecture
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.results.detections import Detections
+from gnconvert.export.common import BUNDLED_IMAGE, write_file
+from gnconvert.export.self_check import image_name, VerifyReport
+from gnconvert.export.weights_check import check_weights, run_loaded
 
 
 def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
-    from .. import __version__
-    from ..converted import serialize_converted
+    from gnconvert import __version__
+    from gnconvert.checkpoint.converted import serialize_converted
 
     provenance = {**ckpt.provenance, "exported_by": f"gnconvert {__version__}"}
     write_file(paths[0], serialize_converted(ckpt.state_dict, ckpt.arch, provenance, ckpt.dropped, ckpt.cfg_text))

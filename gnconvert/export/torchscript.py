@@ -24,10 +24,10 @@ import json
 import numpy as np
 from typing import Dict, List, Optional
 
-from ..converted import ConvertedCheckpoint
-from ..detections import Detections
-from .common import BUNDLED_IMAGE, loaded_network, write_file
-from .verify import image_name, VerifyReport, compare_detections, reference_detections
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.results.detections import Detections
+from gnconvert.export.common import BUNDLED_IMAGE, loaded_network, write_file
+from gnconvert.export.self_check import image_name, VerifyReport, compare_detections, reference_detections
 
 INPUT = "(H, W, 3) uint8 BGR image tensor, as cv2.imread gives it"
 LOADING = """This is a TorchScript archive of Detectron's Mask R-CNN test pipeline (gnconvert export).
@@ -44,8 +44,8 @@ _ALLOWED_OP_NAMESPACES = {"aten", "prim", "torchvision"}
 
 def extra_files(ckpt: ConvertedCheckpoint) -> Dict[str, str]:
     """The archive's `_extra_files`: JSON records (and the cfg) beside the code."""
-    from .. import __version__
-    from ..inference.detector import OUTPUTS
+    from gnconvert import __version__
+    from gnconvert.inference.detector import OUTPUTS
 
     arch = ckpt.arch.to_dict()
     files = {
@@ -68,7 +68,7 @@ def script(ckpt: ConvertedCheckpoint, network=None):
     """The scripted `Detector` for a checkpoint: the very module `predict` runs, weights frozen."""
     import torch
 
-    from ..inference import Detector
+    from gnconvert.inference import Detector
 
     network = loaded_network(ckpt) if network is None else network
     detector = Detector(network, ckpt.arch).eval()
@@ -123,7 +123,7 @@ def operators(path) -> List[str]:
 def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
            reference: Optional[Detections] = None, image=BUNDLED_IMAGE) -> VerifyReport:
     """Run the written archive on `image` and compare with the in-process `Detector`."""
-    from ..inference.preprocess import load_image
+    from gnconvert.inference.preprocess import load_image
 
     network = loaded_network(ckpt) if network is None else network
     im = load_image(image)

@@ -5,11 +5,11 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ..architecture import Architecture
-from ..converted import ConvertedCheckpoint
-from ..detections import Detections
-from .common import loaded_network
-from .verify import VerifyReport, compare_detections, reference_detections
+from gnconvert.architecture import Architecture
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.results.detections import Detections
+from gnconvert.export.common import loaded_network
+from gnconvert.export.self_check import VerifyReport, compare_detections, reference_detections
 
 
 def check_weights(report: VerifyReport, ckpt: ConvertedCheckpoint, loaded: Mapping[str, np.ndarray]) -> None:
@@ -37,7 +37,7 @@ def check_weights(report: VerifyReport, ckpt: ConvertedCheckpoint, loaded: Mappi
 def run_loaded(report: VerifyReport, arch: Architecture, loaded: Mapping[str, np.ndarray], ckpt: ConvertedCheckpoint,
                network, reference: Optional[Detections], image) -> None:
     """Build a network from the reloaded tensors, detect on `image`, compare with the in-process model."""
-    from ..inference.preprocess import load_image
+    from gnconvert.inference.preprocess import load_image
 
     if report.problems:
         return

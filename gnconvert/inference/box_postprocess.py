@@ -17,8 +17,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from . import boxes as box_ops
-from .nms import batched_nms
+from gnconvert.inference import boxes as box_ops
+from gnconvert.inference.nms import batched_nms
 
 
 def class_boxes(

@@ -36,9 +36,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..architecture import Architecture
-from . import box_postprocess, mask_postprocess, preprocess, proposals, roi_levels
-from .anchors import cell_anchors
+from gnconvert.architecture import Architecture, Kind
+from gnconvert.inference import box_postprocess, mask_postprocess, preprocess, proposals, roi_levels
+from gnconvert.inference.anchors import cell_anchors
 
 OUTPUTS = {
     "boxes": "(N, 4) float32 x1, y1, x2, y2 in original-image pixels (Detectron's inclusive convention)",
@@ -90,7 +90,7 @@ class Detector(nn.Module):
 
     def __init__(self, network: nn.Module, arch: Architecture):
         super().__init__()
-        if arch.kind != "mask_rcnn":
+        if arch.kind != Kind.MASK_RCNN:
             raise ValueError(f"Detector needs a mask_rcnn architecture, not {arch.kind!r}")
         t = arch.test
         self.network = network
@@ -262,8 +262,8 @@ class Detector(nn.Module):
     @torch.jit.unused
     def _heads(self, feats, logits, deltas, im_info, padded_size, scale, height, width, masks, dense_masks,
                clock: _Clock):
-        from ..detections import Detections
-        from . import rle
+        from gnconvert.results.detections import Detections
+        from gnconvert.inference import rle
 
         level_boxes, level_scores = self.proposals(logits, deltas, im_info, padded_size)
         rois = self.collect(level_boxes, level_scores)

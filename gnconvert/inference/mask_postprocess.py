@@ -21,7 +21,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from .cv2_resize import resize_each_above
+from gnconvert.inference.cv2_resize import resize_each_above
 
 def mask_rois(boxes: Tensor, im_scale: float) -> Tensor:
     """Final boxes (N, 4) in original pixels -> network-input pixels, Detectron's rounding."""

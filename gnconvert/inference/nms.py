@@ -26,8 +26,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from . import sorting
-from .boxes import pairwise_overlap_between
+from gnconvert.inference import sorting
+from gnconvert.inference.boxes import pairwise_overlap_between
 
 def _settle(src: Tensor, dst: Tensor, n: int) -> Tensor:
     """Edges src -> dst (src visited first, suppresses dst) among n candidates -> kept (n,) bool."""

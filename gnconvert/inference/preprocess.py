@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
-from .cv2_resize import resize_by_factor, round_half_even
+from gnconvert.errors import UsageError
+from gnconvert.inference.cv2_resize import resize_by_factor, round_half_even
 
 CHANNEL_ORDERS = ("BGR", "RGB")
 

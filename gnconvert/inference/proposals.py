@@ -17,9 +17,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from . import boxes as box_ops
-from . import sorting
-from .nms import batched_nms
+from gnconvert.inference import boxes as box_ops
+from gnconvert.inference import sorting
+from gnconvert.inference.nms import batched_nms
 
 
 def sigmoid(logits: Tensor) -> Tensor:

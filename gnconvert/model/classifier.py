@@ -7,8 +7,8 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from ..architecture import Architecture
-from .resnet import ResNetBody
+from gnconvert.architecture import Architecture
+from gnconvert.model.resnet import ResNetBody
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ResNetClassifier(nn.Module):
         import numpy as np
         from torchvision.models import ResNet50_Weights
 
-        from ..inference.preprocess import load_image
+        from gnconvert.inference.preprocess import load_image
 
         im = load_image(image, channel_order)
         h, w = im.shape[:2]

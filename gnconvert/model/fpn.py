@@ -12,11 +12,8 @@ from typing import List
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..architecture import Architecture
-from .norm import ConvNorm
-
-STAGE_CHANNELS = {2: 256, 3: 512, 4: 1024, 5: 2048}
-
+from gnconvert.architecture import Architecture
+from gnconvert.model.norm import ConvNorm
 
 def upsample_nearest_2x(x: Tensor) -> Tensor:
     """Output pixel (y, x) = input pixel (y // 2, x // 2), like Caffe2's UpsampleNearest."""
@@ -28,10 +25,11 @@ class FPN(nn.Module):
         super().__init__()
         kw = dict(norm=arch.fpn_norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
         dim = arch.fpn_dim
-        self.lateral2 = ConvNorm(STAGE_CHANNELS[2], dim, 1, **kw)
-        self.lateral3 = ConvNorm(STAGE_CHANNELS[3], dim, 1, **kw)
-        self.lateral4 = ConvNorm(STAGE_CHANNELS[4], dim, 1, **kw)
-        self.lateral5 = ConvNorm(STAGE_CHANNELS[5], dim, 1, **kw)
+        res2, res3, res4, res5 = (s.out for s in arch.stages)
+        self.lateral2 = ConvNorm(res2, dim, 1, **kw)
+        self.lateral3 = ConvNorm(res3, dim, 1, **kw)
+        self.lateral4 = ConvNorm(res4, dim, 1, **kw)
+        self.lateral5 = ConvNorm(res5, dim, 1, **kw)
         self.output2 = ConvNorm(dim, dim, 3, **kw)
         self.output3 = ConvNorm(dim, dim, 3, **kw)
         self.output4 = ConvNorm(dim, dim, 3, **kw)

@@ -11,17 +11,17 @@ from typing import List, Tuple
 
 from torch import Tensor, nn
 
-from ..architecture import Architecture
-from .fpn import FPN
-from .resnet import ResNetBody
-from .roi_heads import BoxPredictor, MaskHead, build_box_head
-from .rpn import RPNHead
+from gnconvert.architecture import Architecture, Kind
+from gnconvert.model.fpn import FPN
+from gnconvert.model.resnet import ResNetBody
+from gnconvert.model.roi_heads import BoxPredictor, MaskHead, build_box_head
+from gnconvert.model.rpn import RPNHead
 
 
 class MaskRCNNNetwork(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
-        if arch.kind != "mask_rcnn":
+        if arch.kind != Kind.MASK_RCNN:
             raise ValueError(f"MaskRCNNNetwork needs a mask_rcnn architecture, not {arch.kind!r}")
         self.body = ResNetBody(arch)
         self.fpn = FPN(arch)

@@ -5,7 +5,7 @@ Every norm here has the same call, `norm(x, residual=None, relu=False)`, computi
 residual + ReLU pass and the modules around them need not care which norm they hold:
 
 - `GroupNorm`: Caffe2's GroupNorm (= `F.group_norm`).  On CUDA it runs the fused
-  Triton kernel of `kernels.group_norm` unless GNCONVERT_GN_KERNEL=torch.
+  Triton kernel of `gnconvert.kernels.group_norm` unless GNCONVERT_GN_KERNEL=torch.
 - `AffineChannel`: frozen BN as Detectron runs it, `y = x * weight[c] + bias[c]`.
 - `NoNorm`: for convs that carry a bias instead (the BN* FPN and heads).
 """
@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..architecture import AFFINE, GN
+from gnconvert.architecture import AFFINE, GN, Norm
 
-NONE = "none"
+NONE = Norm.NONE
 
 
 @functools.lru_cache(maxsize=None)
 def _fused_kernel_module():
     """The module `kernels.group_norm` (the package re-exports a function of that name)."""
     try:
-        return importlib.import_module("kernels.group_norm")
+        return importlib.import_module("gnconvert.kernels.group_norm")
     except ImportError:
         return None
 

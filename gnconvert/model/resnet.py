@@ -15,11 +15,8 @@ from typing import List
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..architecture import Architecture
-from .norm import ConvNorm, make_norm
-
-BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-
+from gnconvert.architecture import Architecture
+from gnconvert.model.norm import ConvNorm, make_norm
 
 class Stem(nn.Module):
     """conv1 7x7/2 -> norm -> ReLU -> max-pool 3x3/2 (pad 1)."""
@@ -69,14 +66,13 @@ class ResNetBody(nn.Module):
         kw = dict(stride_in_1x1=arch.stride_in_1x1, norm=arch.norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
         self.stem = Stem(arch.norm, arch.gn_groups, arch.gn_eps)
         in_channels = 64
-        for stage, blocks in zip((2, 3, 4, 5), BLOCKS[arch.depth]):
-            inner, out = 64 * 2 ** (stage - 2), 256 * 2 ** (stage - 2)
+        for spec in arch.stages:
             layers = []
-            for k in range(blocks):
-                stride = 2 if k == 0 and stage > 2 else 1
-                layers.append(Bottleneck(in_channels, inner, out, stride, **kw))
-                in_channels = out
-            self.add_module(f"res{stage}", nn.Sequential(*layers))
+            for k in range(spec.blocks):
+                stride = 2 if k == 0 and spec.index > 2 else 1
+                layers.append(Bottleneck(in_channels, spec.inner, spec.out, stride, **kw))
+                in_channels = spec.out
+            self.add_module(spec.name, nn.Sequential(*layers))
 
     def forward(self, x: Tensor) -> List[Tensor]:
         x = self.stem(x)

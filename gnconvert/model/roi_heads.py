@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..architecture import GN, Architecture
-from .norm import NONE, ConvNorm
+from gnconvert.architecture import GN, Architecture, BoxHeadType, MaskHeadType
+from gnconvert.model.norm import NONE, ConvNorm
 
 
 class ConvFCBoxHead(nn.Sequential):
@@ -62,7 +62,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, arch: Architecture):
         super().__init__()
-        norm = GN if arch.mask_head == "4conv_gn" else NONE
+        norm = GN if arch.mask_head == MaskHeadType.CONVS_GN else NONE
         dim_in, dim = arch.fpn_dim, arch.mask_dim
         kw = dict(norm=norm, num_groups=arch.gn_groups, eps=arch.gn_eps, relu=True)
         self.fcn1 = ConvNorm(dim_in, dim, 3, **kw)
@@ -79,8 +79,8 @@ class MaskHead(nn.Module):
 
 
 def build_box_head(arch: Architecture) -> nn.Module:
-    if arch.box_head == "4conv1fc_gn":
+    if arch.box_head == BoxHeadType.CONVS_FC_GN:
         return ConvFCBoxHead(arch)
-    if arch.box_head == "2fc":
+    if arch.box_head == BoxHeadType.TWO_FC:
         return MLPBoxHead(arch)
     raise ValueError(f"unknown box head {arch.box_head!r}")

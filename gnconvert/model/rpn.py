@@ -6,7 +6,7 @@ from typing import List, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..architecture import Architecture
+from gnconvert.architecture import Architecture
 
 
 class RPNHead(nn.Module):

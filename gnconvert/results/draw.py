@@ -10,7 +10,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from .detections import Detections
+from gnconvert.results.detections import Detections
 
 
 def class_color(contiguous_class: int) -> tuple:

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Dict, List
 
-from ..errors import UsageError
+from gnconvert.errors import UsageError
 
 
 class PartialResults:

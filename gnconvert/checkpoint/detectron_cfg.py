@@ -17,7 +17,7 @@ from typing import Any, Dict
 import numpy as np
 import yaml
 
-from .errors import CheckpointError, UsageError
+from gnconvert.errors import CheckpointError, UsageError
 
 _PY = "tag:yaml.org,2002:python/"
 _ATTRDICT = _PY + "object/new:detectron.utils.collections.AttrDict"
@@ -203,7 +203,8 @@ RENAMED_KEYS = {
     "TRAIN.PROPOSAL_FILE": "TRAIN.PROPOSAL_FILES", "TEST.SCALES": "TEST.SCALE", "TEST.DATASET": "TEST.DATASETS",
     "TEST.PROPOSAL_FILE": "TEST.PROPOSAL_FILES",
 }
-_FULL_CFG = os.path.join(os.path.dirname(__file__), "data", "selftest", "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml")
+_FULL_CFG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "selftest",
+                         "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml")
 
 
 def _flatten(cfg: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

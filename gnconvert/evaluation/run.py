@@ -14,16 +14,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from ..atomic import write_json_atomic
-from ..errors import GnconvertError, ParityError, UsageError
-from . import reference as reference_mod
-from .coco_eval import EVALUATORS, CocoEvaluator, backend, load_annotations
-from .coco_layout import CocoLayout
-from .dataset import image_loader
-from .distributed import Workers
-from .partial_results import PartialResults
-from .report import IOU_TYPES, format_report, verdicts, write_report
-from .results_format import detectron_order, to_results
+from gnconvert.atomic import write_json_atomic
+from gnconvert.errors import GnconvertError, ParityError, UsageError
+from gnconvert.evaluation import reference as reference_mod
+from gnconvert.evaluation.coco_eval import EVALUATORS, CocoEvaluator, backend, load_annotations
+from gnconvert.evaluation.coco_layout import CocoLayout
+from gnconvert.evaluation.dataset import image_loader
+from gnconvert.evaluation.distributed import Workers
+from gnconvert.results.partial import PartialResults
+from gnconvert.evaluation.report import IOU_TYPES, format_report, verdicts, write_report
+from gnconvert.results.coco_results import detectron_order, to_results
 
 
 def _stderr(msg: str) -> None:

@@ -31,9 +31,10 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from . import __version__, catalog
-from .atomic import atomic_path
-from .errors import DownloadError, UsageError
+from gnconvert import __version__
+from gnconvert.zoo import catalog
+from gnconvert.atomic import atomic_path
+from gnconvert.errors import DownloadError, UsageError
 
 log = logging.getLogger(__name__)
 

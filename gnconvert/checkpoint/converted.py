@@ -17,10 +17,10 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from . import __version__
-from .architecture import Architecture
-from .atomic import write_bytes_atomic
-from .errors import CheckpointError, MappingError
+from gnconvert import __version__
+from gnconvert.architecture import Architecture
+from gnconvert.atomic import write_bytes_atomic
+from gnconvert.errors import CheckpointError, MappingError
 
 FORMAT = "gnconvert-converted"
 FORMAT_VERSION = 2  # 2: the record carries `tensors_sha256`, checked on every load
@@ -58,7 +58,7 @@ def _as_float32(name: str, value: Any) -> np.ndarray:
 
 def _check_against_arch(state: Mapping[str, np.ndarray], arch: Architecture, where: str) -> None:
     """The weights must be exactly the architecture's parameters, with its shapes."""
-    from .name_mapping import mapping_rules
+    from gnconvert.checkpoint.name_mapping import mapping_rules
 
     expected = {r.param: r.shape for r in mapping_rules(arch)}
     missing = sorted(set(expected) - set(state))

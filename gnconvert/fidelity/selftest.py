@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-BUNDLE = Path(__file__).resolve().parent / "data" / "selftest"
+BUNDLE = Path(__file__).resolve().parents[1] / "data" / "selftest"
 TAG = "R-50-FPN-GN_seed1"
 IMAGE = "chelsea.png"
 CFG = "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml"
@@ -44,15 +44,15 @@ class SelftestResult:
 def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str], None] = lambda s: None,
         bundle: Path = BUNDLE) -> SelftestResult:
     """Build, convert, run and compare; returns the result (never raises on a parity mismatch)."""
-    from . import golden_format, parity, seeded
-    from .api import build_model, resolve_device
-    from .atomic import output_error
-    from .errors import UsageError
-    from .architecture import architecture_from_cfg
-    from .converted import save_converted
-    from .detectron_cfg import parse_detectron_cfg
-    from .py2_pickle import write_detectron_pickle
-    from .sources import load_source
+    from gnconvert.fidelity import golden_format, parity, seeded
+    from gnconvert.api import build_model, resolve_device
+    from gnconvert.atomic import output_error
+    from gnconvert.errors import UsageError
+    from gnconvert.architecture import architecture_from_cfg
+    from gnconvert.checkpoint.converted import save_converted
+    from gnconvert.checkpoint.detectron_cfg import parse_detectron_cfg
+    from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
+    from gnconvert.checkpoint.sources import load_source
 
     dev = resolve_device(device)
     if workdir is not None:

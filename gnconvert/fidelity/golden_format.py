@@ -15,8 +15,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .detections import Detections
-from .errors import ParityError
+from gnconvert.results.detections import Detections
+from gnconvert.errors import ParityError
 
 # TAG -> (inventory / architecture name, depth, flavour)
 TAG_ARCHITECTURES = {
@@ -62,14 +62,6 @@ def detections_from_json(entry: dict) -> Detections:
         image_size=(int(h), int(w)),
         masks_rle=[dict(d["segmentation"]) for d in dets],
     )
-
-
-def list_images(folder: Path, tag: str) -> List[str]:
-    path = Path(folder) / "detectron" / f"{tag}.json"
-    if not path.is_file():
-        raise ParityError(f"reference file {path} is missing; point at a folder holding detectron/{tag}.json")
-    with open(path) as f:
-        return list(json.load(f))
 
 
 def load(folder: Path, tag: str, image: str, intermediates: bool = True) -> GoldenImage:

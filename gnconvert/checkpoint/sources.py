@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from . import download
-from .converted import ConvertedCheckpoint, check_finite, is_converted_file, load_converted
-from .errors import CheckpointError, UsageError
+from gnconvert.zoo import download
+from gnconvert.checkpoint.converted import ConvertedCheckpoint, check_finite, is_converted_file, load_converted
+from gnconvert.errors import CheckpointError, UsageError
 
 _PATH_SUFFIXES = (".pkl", ".pickle", ".safetensors", ".pth", ".pt", ".yaml")
 
@@ -19,10 +19,10 @@ _PATH_SUFFIXES = (".pkl", ".pickle", ".safetensors", ".pth", ".pt", ".yaml")
 def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: Optional[str] = None,
                              source_md5: Optional[str] = None) -> ConvertedCheckpoint:
     """Read a Detectron `.pkl`, work out its architecture, map every blob."""
-    from .architecture import architecture_from_checkpoint
-    from .detectron_cfg import parse_detectron_cfg
-    from .name_mapping import detectron_to_torch
-    from .pickle_reader import read_detectron_pickle
+    from gnconvert.architecture import architecture_from_checkpoint
+    from gnconvert.checkpoint.detectron_cfg import parse_detectron_cfg
+    from gnconvert.checkpoint.name_mapping import detectron_to_torch
+    from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
 
     path = os.fspath(path)
     pickle = read_detectron_pickle(path)
@@ -76,7 +76,7 @@ def load_source(source: str, config_path: Optional[str] = None, progress: Option
     if pairs:
         import dataclasses
 
-        from .architecture import with_overrides
+        from gnconvert.architecture import with_overrides
 
         ckpt = dataclasses.replace(ckpt, arch=with_overrides(ckpt.arch, pairs),
                                    provenance={**ckpt.provenance, "test_overrides": [list(p) for p in pairs]})

@@ -23,8 +23,8 @@ from typing import BinaryIO, Dict, Mapping, Optional
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import CheckpointError
+from gnconvert.atomic import atomic_path
+from gnconvert.errors import CheckpointError
 
 _BATCHSIZE = 1000
 

@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
-from .. import coco_categories
-from ..detections import Detections
+from gnconvert.results import coco_categories
+from gnconvert.results.detections import Detections
 
 
 def _counts_str(rle: dict) -> dict:

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .architecture import AFFINE, GN, Architecture
-from .errors import MappingError
+from gnconvert.architecture import AFFINE, GN, Architecture, BoxHeadType, Kind, MaskHeadType, Norm
+from gnconvert.errors import MappingError
 
 Shape = Tuple[int, ...]
 
@@ -73,28 +73,22 @@ class _Table:
         self.add(f"{blob}_b", f"{param}.bias", (out,), trainable)
 
 
-def stage_channels(stage: int) -> Tuple[int, int]:
-    """(bottleneck inner width, output width) of res{stage}: 64/256 doubling per stage."""
-    scale = 2 ** (stage - 2)
-    return 64 * scale, 256 * scale
-
-
 def stage_output_blob(arch: Architecture, stage: int) -> str:
     """Detectron's name for a stage's output, e.g. `res4_22_sum` in R-101."""
-    return f"res{stage}_{arch.blocks_per_stage[stage - 2] - 1}_sum"
+    return f"res{stage}_{arch.stages[stage - 2].blocks - 1}_sum"
 
 
 def _body(t: _Table, arch: Architecture, prefix: str) -> None:
     # Body parameters below FREEZE_AT were frozen; AffineChannel is never trained.
-    conv_trained = lambda stage: stage > arch.freeze_at and arch.kind != "classifier"  # noqa: E731
+    conv_trained = lambda stage: stage > arch.freeze_at and arch.kind != Kind.CLASSIFIER  # noqa: E731
     norm_trained = lambda stage: conv_trained(stage) and arch.norm == GN  # noqa: E731
     t.conv("conv1", f"{prefix}.stem.conv", 64, 3, 7, conv_trained(1), bias=False)
     stem_norm = "conv1" if arch.norm == GN else "res_conv1"
     t.norm(stem_norm, f"{prefix}.stem.norm", 64, arch.norm, norm_trained(1))
     dim_in = 64
-    for stage, blocks in zip((2, 3, 4, 5), arch.blocks_per_stage):
-        inner, out = stage_channels(stage)
-        for k in range(blocks):
+    for spec in arch.stages:
+        stage, inner, out = spec.index, spec.inner, spec.out
+        for k in range(spec.blocks):
             blob, param = f"res{stage}_{k}", f"{prefix}.res{stage}.{k}"
             if k == 0:
                 t.conv(f"{blob}_branch1", f"{param}.shortcut.conv", out, dim_in, 1, conv_trained(stage), bias=False)
@@ -116,7 +110,7 @@ def _conv_norm(t: _Table, blob: str, param: str, out: int, inp: int, k: int, nor
 
 def _fpn(t: _Table, arch: Architecture) -> None:
     for level in (2, 3, 4, 5):
-        c_in = stage_channels(level)[1]
+        c_in = arch.stages[level - 2].out
         inner = f"fpn_inner_{stage_output_blob(arch, level)}"
         lateral = inner if level == 5 else f"{inner}_lateral"
         _conv_norm(t, lateral, f"fpn.lateral{level}", arch.fpn_dim, c_in, 1, arch.fpn_norm)
@@ -133,13 +127,13 @@ def _rpn(t: _Table, arch: Architecture) -> None:
 
 def _box_head(t: _Table, arch: Architecture) -> None:
     r2 = arch.box_roi_resolution ** 2
-    if arch.box_head == "4conv1fc_gn":
+    if arch.box_head == BoxHeadType.CONVS_FC_GN:
         dim_in = arch.fpn_dim
         for i in range(1, arch.box_head_num_convs + 1):
             _conv_norm(t, f"head_conv{i}", f"box_head.conv{i}", arch.box_head_conv_dim, dim_in, 3, GN)
             dim_in = arch.box_head_conv_dim
         t.fc("fc6", "box_head.fc6", arch.mlp_head_dim, dim_in * r2, True)
-    elif arch.box_head == "2fc":
+    elif arch.box_head == BoxHeadType.TWO_FC:
         t.fc("fc6", "box_head.fc6", arch.mlp_head_dim, arch.fpn_dim * r2, True)
         t.fc("fc7", "box_head.fc7", arch.mlp_head_dim, arch.mlp_head_dim, True)
     else:
@@ -150,11 +144,11 @@ def _box_head(t: _Table, arch: Architecture) -> None:
 
 def _mask_head(t: _Table, arch: Architecture) -> None:
     # The 04_2018 GN head names its convs `_mask_fcn*`; the 12_2017 head `_[mask]_fcn*`.
-    gn = {"4conv_gn": True, "4conv": False}[arch.mask_head]
+    gn = arch.mask_head == MaskHeadType.CONVS_GN
     spelling = "_mask_fcn" if gn else "_[mask]_fcn"
     dim_in, dim = arch.fpn_dim, arch.mask_dim
     for i in range(1, 5):
-        _conv_norm(t, f"{spelling}{i}", f"mask_head.fcn{i}", dim, dim_in, 3, GN if gn else "none")
+        _conv_norm(t, f"{spelling}{i}", f"mask_head.fcn{i}", dim, dim_in, 3, GN if gn else Norm.NONE)
         dim_in = dim
     # ConvTranspose weights are (in, out, k, k) in both frameworks.
     t.conv("conv5_mask", "mask_head.deconv", dim, dim, 2, True, bias=True)
@@ -165,9 +159,9 @@ def mapping_rules(arch: Architecture) -> List[Rule]:
     """Every parameter of `arch`, in model order: the reviewable conversion table."""
     t = _Table()
     _body(t, arch, "body")
-    if arch.kind == "classifier":
-        t.fc("pred", "fc", arch.num_classes, stage_channels(5)[1], False)
-    elif arch.kind == "mask_rcnn":
+    if arch.kind == Kind.CLASSIFIER:
+        t.fc("pred", "fc", arch.num_classes, arch.stages[-1].out, False)
+    elif arch.kind == Kind.MASK_RCNN:
         _fpn(t, arch)
         _rpn(t, arch)
         _box_head(t, arch)
@@ -184,9 +178,9 @@ def expected_inventory(arch: Architecture) -> List[Tuple[str, Shape, bool]]:
 
 def preserved_inventory(arch: Architecture) -> List[Tuple[str, Shape]]:
     """Blobs a detection checkpoint carries unused from its ImageNet initialisation."""
-    if arch.kind != "mask_rcnn" or not arch.pretrained_on_imagenet:
+    if arch.kind != Kind.MASK_RCNN or not arch.pretrained_on_imagenet:
         return []
-    res5 = stage_channels(5)[1]
+    res5 = arch.stages[-1].out
     return [("pred_b", (IMAGENET_CLASSES,)), ("pred_w", (IMAGENET_CLASSES, res5))]
 
 
@@ -222,9 +216,9 @@ def _raise_problems(what: str, problems: Dict[str, List[str]], hint: str) -> Non
 def _drop_reason(name: str, arch: Architecture, by_blob: Mapping[str, Rule]) -> Optional[str]:
     if name.endswith(MOMENTUM_SUFFIX) and name[: -len(MOMENTUM_SUFFIX)] in by_blob:
         return f"optimizer momentum of {name[: -len(MOMENTUM_SUFFIX)]}"
-    if arch.kind == "mask_rcnn" and name in IMAGENET_FC:
+    if arch.kind == Kind.MASK_RCNN and name in IMAGENET_FC:
         return IMAGENET_FC_REASON
-    if arch.kind == "mask_rcnn" and arch.norm == AFFINE and name in MSRA_LEFTOVERS:
+    if arch.kind == Kind.MASK_RCNN and arch.norm == AFFINE and name in MSRA_LEFTOVERS:
         return MSRA_LEFTOVERS[name]
     return TRAINING_COUNTERS.get(name)
 
@@ -310,7 +304,7 @@ def torch_to_detectron(
 def describe(arch: Architecture) -> str:
     """A short human name, e.g. 'R-50-FPN Mask R-CNN (GN)' or 'R-101 ImageNet classifier (GN)'."""
     norm = "GN" if arch.norm == GN else "frozen BN"
-    if arch.kind == "classifier":
+    if arch.kind == Kind.CLASSIFIER:
         return f"R-{arch.depth} ImageNet classifier ({norm})"
     return f"R-{arch.depth}-FPN Mask R-CNN ({norm}, {arch.box_head} box head, {arch.mask_head} mask head)"
 
@@ -326,7 +320,7 @@ def format_table(arch: Architecture) -> str:
 if __name__ == "__main__":  # python -m gnconvert.name_mapping [reference architecture name]
     import sys
 
-    from .architecture import REFERENCE_ARCHITECTURES
+    from gnconvert.architecture import REFERENCE_ARCHITECTURES
 
     names = sys.argv[1:] or ["e2e_mask_rcnn_R-50-FPN_2x_gn"]
     for arch_name in names:

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from . import coco_categories
+from gnconvert.results import coco_categories
 
 
 @dataclass

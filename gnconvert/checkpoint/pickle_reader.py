@@ -23,7 +23,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .errors import CheckpointError
+from gnconvert.errors import CheckpointError
 
 _DTYPE_CODE = re.compile(r"[biufc][0-9]{1,2}")  # plain bool/int/uint/float/complex only
 _ENDIANS = ("<", ">", "|", "=")

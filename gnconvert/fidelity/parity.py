@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from pycocotools import mask as mask_util
 
-from .detections import Detections
+from gnconvert.results.detections import Detections
 
 MIN_MATCHED = 0.99
 MAX_EXTRA = 0.01
@@ -236,8 +236,8 @@ class StageRun:
     def __init__(self, detector, image):
         import torch
 
-        from .inference.detector import exact_fp32
-        from .inference.preprocess import load_image
+        from gnconvert.inference.detector import exact_fp32
+        from gnconvert.inference.preprocess import load_image
 
         self.detector = detector
         im = torch.from_numpy(load_image(image)).to(detector.device)
@@ -253,7 +253,7 @@ class StageRun:
 
         import torch
 
-        from .inference.detector import exact_fp32
+        from gnconvert.inference.detector import exact_fp32
 
         other = copy.copy(self)
         with torch.no_grad(), exact_fp32():
@@ -280,7 +280,7 @@ class StageRun:
         """Proposals, box head and box results (no masks); `rois` (R, 5) replaces our RoIs."""
         import torch
 
-        from .inference.detector import exact_fp32
+        from gnconvert.inference.detector import exact_fp32
 
         det, inter = self.detector, self.intermediates
         with torch.no_grad(), exact_fp32():
@@ -306,9 +306,9 @@ class StageRun:
 
         import torch
 
-        from .inference import rle
-        from .inference.detector import exact_fp32
-        from .inference.mask_postprocess import mask_rois
+        from gnconvert.inference import rle
+        from gnconvert.inference.detector import exact_fp32
+        from gnconvert.inference.mask_postprocess import mask_rois
 
         det = self.detector
         with torch.no_grad(), exact_fp32():

@@ -16,8 +16,8 @@ from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
-from .architecture import Architecture
-from .name_mapping import MOMENTUM_SUFFIX, expected_inventory, preserved_inventory
+from gnconvert.architecture import Architecture
+from gnconvert.checkpoint.name_mapping import MOMENTUM_SUFFIX, expected_inventory, preserved_inventory
 
 
 def blob_rng(name: str, seed: int) -> np.random.RandomState:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, List, Optional
 
-from .errors import UsageError
+from gnconvert.errors import UsageError
 
 CATALOG_NAME = "model_ids.json"
 KINDS = ("classifier", "mask_rcnn")
@@ -115,11 +115,12 @@ class Catalog:
 
 
 def catalog_path() -> Path:
-    """The repo's top-level file in a checkout; the packaged copy in a wheel install."""
-    top = Path(__file__).resolve().parents[1] / CATALOG_NAME
-    if top.is_file():
-        return top
-    return Path(__file__).resolve().parent / "data" / CATALOG_NAME
+    """The packaged copy in a wheel install (setup.py copies it in at build time); the
+    repository's top-level file in a checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "data" / CATALOG_NAME
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / CATALOG_NAME
 
 
 def _check_relative(model_id: str, rel: str) -> str:
@@ -160,6 +161,3 @@ def get(model_id: str) -> ModelEntry:
     """The catalog entry for a Detectron model id; UsageError with suggestions if unknown."""
     return load_catalog().get(model_id)
 
-
-def downloadable_ids() -> List[str]:
-    return [e.id for e in load_catalog() if e.files]

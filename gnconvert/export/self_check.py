@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..detections import Detections
+from gnconvert.results.detections import Detections
 
 # The issue's bars: same detections, boxes within 1e-3 px, scores within 1e-5
 # (CPU), network outputs within 1e-4; masks may differ where a probability sits
@@ -62,7 +62,7 @@ def reference_detections(network, arch, image) -> Detections:
     """The in-process `Detector`'s detections, with dense masks, for comparison."""
     import torch
 
-    from ..inference import Detector
+    from gnconvert.inference import Detector
 
     with torch.no_grad():
         return Detector(network, arch).predict(image, masks=True, dense_masks=True)
