@@ -38,14 +38,16 @@ _kernels_from_the_source_tree()
 __all__ = ["load", "Detections", "__version__"]
 
 
-def load(source, device="auto", config=None, opts=None):
+def load(source, device="auto", config=None, opts=None, precision="fp32", compile=False):
     """A ready model for SOURCE: a model id, a Detectron `.pkl`, or a converted `.safetensors`.
 
     A Mask R-CNN model's `predict` returns `Detections`; an ImageNet backbone's `predict`
-    returns its top-5 ImageNet classes.  See `gnconvert.api.load` for `device` and `opts`."""
+    returns its top-5 ImageNet classes.  precision="fp32" without compile is the exact mode
+    (Detectron's numerics); "bf16", "tf32" (CUDA) and compile=True are faster, measured, not
+    exact.  See `gnconvert.api.load` for `device` and `opts`."""
     from gnconvert.api import load as _load
 
-    return _load(source, device=device, config=config, opts=opts)
+    return _load(source, device=device, config=config, opts=opts, precision=precision, compile=compile)
 
 
 def __getattr__(name):

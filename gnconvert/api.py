@@ -12,6 +12,7 @@ import torch
 from gnconvert.architecture import Kind
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
 from gnconvert.errors import UsageError
+from gnconvert.inference.modes import RunMode
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -29,27 +30,39 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return dev
 
 
-def build_model(ckpt: ConvertedCheckpoint, device: Union[str, torch.device, None] = "cpu"):
+def build_model(ckpt: ConvertedCheckpoint, device: Union[str, torch.device, None] = "cpu",
+                mode: Optional[RunMode] = None):
     """A `Detector` (Mask R-CNN) or a `ResNetClassifier` (ImageNet backbone) with the checkpoint's weights,
-    in eval mode on `device`."""
+    in eval mode on `device`, its network run in `mode` (default: the exact one)."""
+    from gnconvert.inference import modes
     from gnconvert.inference.detector import Detector
     from gnconvert.model import build_network
 
     dev = resolve_device(device)
+    mode = mode or modes.EXACT
+    mode.check_device(dev)
+    if ckpt.arch.kind == Kind.CLASSIFIER and not mode.exact:
+        raise UsageError(f"precision/compile modes are for Mask R-CNN models; {mode.name} was asked for an "
+                         "ImageNet backbone, which runs in fp32 only")
     network = build_network(ckpt.arch)
     network.load_state_dict(ckpt.torch_state_dict(), strict=True)
     model = network if ckpt.arch.kind == Kind.CLASSIFIER else Detector(network, ckpt.arch)
-    model.provenance = dict(ckpt.provenance)
-    return model.eval().to(dev)
+    model.provenance = dict(ckpt.provenance)  # type: ignore[assignment]  # for reports
+    model = model.eval().to(dev)
+    if isinstance(model, Detector):
+        model.set_mode(mode)
+    return model
 
 
 def load(source, device: Union[str, torch.device, None] = "auto", config: Optional[str] = None,
-         opts: Optional[Sequence] = None):
+         opts: Optional[Sequence] = None, precision: str = "fp32", compile: bool = False):
     """A ready model for SOURCE (model id, Detectron `.pkl`, or converted `.safetensors`).
 
     device: "auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N".  opts: Detectron
     test settings to override, as ("KEY", "VALUE") pairs or "KEY=VALUE" strings, e.g.
-    ["TEST.SCALE=600"] (checked as Detectron checks its keys).
+    ["TEST.SCALE=600"] (checked as Detectron checks its keys).  precision ("fp32", the exact
+    default; "bf16"; "tf32" on CUDA) and compile (torch.compile the network) choose a fast mode
+    instead of Detectron's exact numerics (see gnconvert.inference.modes).
 
     >>> model = gnconvert.load("48616381", device="cuda")
     >>> dets = model.predict(cv2.imread("image.jpg"))   # gnconvert.Detections
@@ -57,4 +70,6 @@ def load(source, device: Union[str, torch.device, None] = "auto", config: Option
     from gnconvert.checkpoint.sources import load_source
 
     dev = resolve_device(device)  # fail before a long download or conversion
-    return build_model(load_source(source, config_path=config, opts=opts), dev)
+    mode = RunMode.of(precision, compile)
+    mode.check_device(dev)
+    return build_model(load_source(source, config_path=config, opts=opts), dev, mode)

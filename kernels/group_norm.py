@@ -8,7 +8,7 @@ the square root), which is `torch.nn.functional.group_norm`'s.
 It is the `torch.library` custom op `gnconvert::group_norm` (and
 `gnconvert::group_norm_backward`), so torch.compile and torch.export see one
 opaque node with a fake (meta) implementation.  The op runs the Triton kernels of
-`kernels.group_norm_kernels` on CUDA (and on the CPU under TRITON_INTERPRET=1,
+`gnconvert.kernels.group_norm_kernels` on CUDA (and on the CPU under TRITON_INTERPRET=1,
 which is how CI tests them) and plain torch arithmetic elsewhere, so it never
 fails for want of Triton.  Importing this module never imports Triton.
 
@@ -38,17 +38,21 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 __all__ = ["group_norm", "group_norm_torch", "is_available", "GroupNorm", "GroupNormReLU", "KERNEL_ENV"]
 
 
-@functools.lru_cache(maxsize=None)
+_IMPORT_ERROR: list = []  # why the Triton kernels could not be loaded, for `backend`
+
+
+@functools.cache
 def _kernels():
     """The Triton kernel module, or None where Triton is missing or broken."""
     try:
-        from gnconvert.kernels import group_norm_kernels
-    except Exception:  # ImportError, or a Triton that fails to initialise
+        from gnconvert.kernels import group_norm_launch
+    except Exception as e:  # ImportError, or a Triton that fails to initialise
+        _IMPORT_ERROR.append(f"{type(e).__name__}: {e}")
         return None
-    return group_norm_kernels
+    return group_norm_launch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_capable(index: int) -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability(index)[0] >= 7
 
@@ -68,6 +72,23 @@ def kernel_choice() -> str:
     if value not in _KERNEL_CHOICES:
         raise UsageError(f"{KERNEL_ENV}={value!r} is not a GroupNorm kernel; set it to 'triton' or 'torch'")
     return value
+
+
+def backend(device) -> str:
+    """Which GroupNorm the model runs on `device`, and why: never a silent fallback."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"torch (F.group_norm on {device.type}; the Triton kernel runs on CUDA)"
+    if kernel_choice() == "torch":
+        return f"torch (F.group_norm: {KERNEL_ENV}=torch)"
+    k = _kernels()
+    if k is None:
+        return f"torch (F.group_norm: the Triton kernel could not be loaded: {_IMPORT_ERROR[-1]})"
+    if k.INTERPRETING:
+        return "torch (F.group_norm: TRITON_INTERPRET=1 is set)"
+    if not _triton_runs_on(device):
+        return f"torch (F.group_norm: {torch.cuda.get_device_name(device)} is older than compute capability 7.0)"
+    return f"Triton kernel (gnconvert.kernels, on {torch.cuda.get_device_name(device)})"
 
 
 def is_available(device) -> bool:
@@ -274,7 +295,8 @@ _group_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _check(x, num_groups, weight, bias, residual) -> None:
     if not isinstance(x, Tensor) or x.dim() < 2:
-        raise UsageError(f"group_norm input must be a tensor of shape (N, C, ...), got {getattr(x, 'shape', type(x))}; add the batch dimension")
+        raise UsageError(f"group_norm input must be a tensor of shape (N, C, ...), got {getattr(x, 'shape', type(x))}; "
+                         "add the batch dimension")
     if x.dtype not in _FLOAT_DTYPES:
         raise UsageError(f"group_norm input has dtype {x.dtype}; convert it to float32, float16 or bfloat16")
     channels = x.shape[1]

@@ -23,12 +23,11 @@ import argparse
 import hashlib
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchlib import machine_line, medians, run_timed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -54,20 +53,6 @@ def write_random_file(path: Path, size: int) -> str:
     return md5.hexdigest()
 
 
-def run_timed(cmd, env=None):
-    """Wall seconds and peak RSS (MiB) of one child process, via wait4 on that child only."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err}")
-    return seconds, usage.ru_maxrss / 1024.0
-
-
 def gnconvert_fetch(base_url: str, cache: Path, env_extra=None):
     shutil.rmtree(cache, ignore_errors=True)
     env = dict(os.environ, GNCONVERT_BASE_URL=base_url, GNCONVERT_CACHE=str(cache), **(env_extra or {}))
@@ -86,6 +71,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not shutil.which("curl"):
         raise SystemExit("curl is not on PATH")
+    print(machine_line())  # torch stays unimported: wait4's peak RSS of a child counts this process's own
 
     rel = catalog.get(MODEL_ID).file("model")
     work = Path(tempfile.mkdtemp(prefix="bench_fetch_", dir=args.workdir))
@@ -124,7 +110,7 @@ def main(argv=None) -> None:
             env = dict(os.environ, GNCONVERT_BASE_URL=server.base_url, GNCONVERT_CACHE=str(work / "cache2"))
             _, small_rss = run_timed([sys.executable, "-m", "gnconvert", "fetch", "47261647"], env)
 
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = medians(times)
         how = f"throttled to ~{args.rate_mb_s:g} MB/s" if args.rate_mb_s > 0 else "http.server + sendfile"
         print(f"file: {size / 1e6:.0f} MB over loopback ({how}), {args.rounds} rounds, medians")
         for k, v in med.items():

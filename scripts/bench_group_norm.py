@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, List
 
 import torch
+from benchlib import machine_line, timed
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is first imported
@@ -106,13 +105,8 @@ def timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
         return lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median")
 
     def cpu_time(fn):
-        fn()
-        runs = []
-        for _ in range(1):
-            t0 = time.perf_counter()
-            fn()
-            runs.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(runs)
+        fn()  # warm-up
+        return timed(fn, device)[1] * 1e3
 
     return cpu_time
 
@@ -200,10 +194,10 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     time_ms = timer(device)
+    print(machine_line())
     if on_gpu:
         spec, copy = spec_bandwidth(device), measured_copy_bandwidth(device)
-        print(f"device: {torch.cuda.get_device_name(device)}; peak bandwidth: spec {spec / 1e9:.0f} GB/s, "
-              f"measured copy {copy / 1e9:.0f} GB/s")
+        print(f"peak bandwidth: spec {spec / 1e9:.0f} GB/s, measured copy {copy / 1e9:.0f} GB/s")
         peak = spec if spec == spec else copy
     else:
         peak = float("nan")

@@ -16,13 +16,10 @@ Detectron's published 0.146 + 0.017 s/im for the same model.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
-import statistics
-import time
 
 import numpy as np
 import torch
+from benchlib import interleaved, machine_line, medians, peak_rss_mb_in_child, timed
 
 DETECTRON_PUBLISHED_S = 0.146 + 0.017  # GN R-50-FPN 2x: inference + mask post-processing, per image (P100)
 
@@ -41,10 +38,10 @@ POSTPROCESSING = ("proposals", "box_results", "paste", "rle")
 
 def ours(device: str):
     from gnconvert.architecture import gn_r50_fpn
-    from gnconvert.inference import Detector
-    from gnconvert.model import build_network
     from gnconvert.checkpoint.name_mapping import detectron_to_torch
     from gnconvert.fidelity.seeded import seeded_blobs
+    from gnconvert.inference import Detector
+    from gnconvert.model import build_network
 
     arch = gn_r50_fpn()
     net = build_network(arch)
@@ -67,31 +64,9 @@ def to_tv(image: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).float().div(255).to(device)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-@torch.no_grad()
-def time_interleaved(models, image, runs, device):
-    """Median seconds per image for each (name, fn), alternating A B A B ... so
-    that load from other processes on the machine hits both alike."""
-    for fn in models.values():
-        fn(image)  # warm-up
-    times = {name: [] for name in models}
-    last = {}
-    for _ in range(runs):
-        for name, fn in models.items():
-            sync(device)
-            t = time.perf_counter()
-            last[name] = fn(image)
-            sync(device)
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) for name, v in times.items()}, last
-
-
-def _peak_rss_child(which, device, queue):
-    torch.set_num_threads(queue.get())
+def _peak_rss_child(which: str, device: str, threads: int) -> None:
+    """One image through one model, in a child process of its own (peak_rss_mb_in_child)."""
+    torch.set_num_threads(threads)
     image = make_image()
     with torch.no_grad():
         if which == "ours":
@@ -99,41 +74,21 @@ def _peak_rss_child(which, device, queue):
         else:
             m = theirs(device)
             m([to_tv(image, device)])
-    queue.put(_high_water_mb())
-
-
-def _high_water_mb() -> float:
-    """This process's peak RSS.  VmHWM, not ru_maxrss: Linux carries ru_maxrss over
-    fork + exec, so a child would report at least its parent's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def peak_rss_mb(which: str, device: str) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    q.put(torch.get_num_threads())
-    p = ctx.Process(target=_peak_rss_child, args=(which, device, q))
-    p.start()
-    p.join()
-    return q.get()
+    return peak_rss_mb_in_child(_peak_rss_child, which, device, torch.get_num_threads())
 
 
 @torch.no_grad()
 def images_per_second(fn, batch, runs, device):
     fn(batch)
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(runs):
-        fn(batch)
-    sync(device)
-    return runs * len(batch) / (time.perf_counter() - t)
+
+    def loop():
+        for _ in range(runs):
+            fn(batch)
+
+    return runs * len(batch) / timed(loop, device)[1]
 
 
 def main():
@@ -144,12 +99,15 @@ def main():
     args = ap.parse_args()
     device = args.device
     image = make_image()
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, image 480x800 -> input 800x1333")
+    print(machine_line())
+    print(f"device {device}, image 480x800 -> input 800x1333")
 
     det = ours(device)
     tv = theirs(device)
     models = {"ours": det.predict, "torchvision": lambda im: tv([to_tv(im, device)])[0]}
-    med, last = time_interleaved(models, image, args.runs, device)
+    with torch.no_grad():  # alternating A B A B ... so that load from other processes hits both alike
+        runs = interleaved({name: (lambda fn=fn: fn(image)) for name, fn in models.items()}, args.runs, device)
+    med, last = medians(runs.wall), runs.last
     t_ours, t_tv = med["ours"], med["torchvision"]
     print(f"ours (Detectron GN R-50-FPN)      : {t_ours:.3f} s/image ({len(last['ours'])} detections)")
     print(f"torchvision maskrcnn_resnet50_fpn : {t_tv:.3f} s/image ({len(last['torchvision']['boxes'])} detections)")

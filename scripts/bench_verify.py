@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
+
+from benchlib import machine_line, run_timed, timed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -34,13 +35,13 @@ sys.path.insert(0, str(REPO / "tests"))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from coco_fixture import GoldenPredictor, build_coco  # noqa: E402
+
 from gnconvert.evaluation import find_layout, run_verify  # noqa: E402
 from gnconvert.evaluation.coco_eval import CocoEvaluator, load_annotations  # noqa: E402
 from gnconvert.evaluation.distributed import Workers, init_from_env  # noqa: E402
-from gnconvert.results.partial import PartialResults  # noqa: E402
 from gnconvert.evaluation.run import predict_loop  # noqa: E402
+from gnconvert.results.partial import PartialResults  # noqa: E402
 
 GOLDEN = Path(os.environ.get("GNCONVERT_SHARED", REPO.parent / "shared")) / "golden"
 
@@ -80,22 +81,23 @@ def decoded_images(layout, n: int):
             for im in sorted(ann["images"], key=lambda im: im["id"])[:n]]
 
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def bare_rate(predictor, images, batch_size: int) -> float:
+def bare_rate(predictor, images, batch_size: int, device: str) -> float:
     """Images/s of predict_batch alone, on images decoded beforehand."""
-    _sync()
-    start = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        predictor.predict_batch(images[i:i + batch_size])
-    _sync()
-    return len(images) / (time.perf_counter() - start)
+    def run():
+        for i in range(0, len(images), batch_size):
+            predictor.predict_batch(images[i:i + batch_size])
+
+    return len(images) / timed(run, device)[1]
 
 
-def loop_rate(predictor, layout, n: int, batch_size: int, workers: int, folder: Path) -> float:
+def evaluate(ann, results, ids, evaluator: str) -> None:
+    """bbox and segm evaluation of the same results with one evaluator."""
+    coco = CocoEvaluator(ann, evaluator)
+    for t in ("bbox", "segm"):
+        coco.evaluate(results[t], t, ids)
+
+
+def loop_rate(predictor, layout, n: int, batch_size: int, workers: int, folder: Path) -> tuple[float, float]:
     """Images/s of the verify loop (decoding workers, predict_batch, results entries, partial saves),
     timed from the first batch, and the share of that time spent inside predict_batch."""
     ann = load_annotations(layout.annotations)
@@ -130,7 +132,7 @@ def run_ranks(args, nproc: int, out: Path) -> float:
             "--workers", "1", "--batch-size", str(args.batch_size)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] + base
            if nproc > 1 else [sys.executable] + base)
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_timed(cmd, env)
     return json.loads((out / "report.json").read_text())["timing"]["images_per_second"]
 
 
@@ -153,6 +155,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
     torch.set_num_threads(args.threads)
+    print(machine_line())
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -162,14 +165,14 @@ def main() -> None:
         layout = find_layout(coco_root=args.coco_root)
         n = copies * 5
         print(f"dataset: {n} images (golden images x{copies}), model: {args.model} on {args.device}, "
-              f"{torch.get_num_threads()} torch threads, {args.workers} decode workers")
+              f"{args.workers} decode workers")
 
         predictor = make_predictor(args)
         images = decoded_images(layout, n)
         predictor.predict_batch(images[:2])  # warm-up
         bare, loop, busy = [], [], []
         for r in range(args.rounds):  # interleaved, best of rounds: other load on the machine hits both alike
-            bare.append(bare_rate(predictor, images, args.batch_size))
+            bare.append(bare_rate(predictor, images, args.batch_size, args.device))
             rate, fraction = loop_rate(predictor, layout, n, args.batch_size, args.workers, tmp / "partial")
             loop.append(rate)
             busy.append(fraction)
@@ -189,11 +192,7 @@ def main() -> None:
         times = {}
         for ev in ("pycocotools", "faster-coco-eval"):
             try:
-                start = time.perf_counter()
-                coco = CocoEvaluator(ann, ev)
-                for t in ("bbox", "segm"):
-                    coco.evaluate(results[t], t, ids)
-                times[ev] = time.perf_counter() - start
+                times[ev] = timed(partial(evaluate, ann, results, ids, ev))[1]
             except Exception as e:  # faster-coco-eval is optional
                 print(f"   {ev}: not measured ({e})")
         if len(times) == 2:

@@ -26,7 +26,11 @@ or a hang in one still leaves the others' figures:
 5. parity     tests/test_golden_parity.py on this device: Detectron's golden outputs, the
               same criteria and report as the CPU tests, the Triton kernel in the loop;
 6. verify     `gnconvert verify` images/s (and AP) on the COCO-format set built from the
-              golden images (tests/coco_fixture.py).
+              golden images (tests/coco_fixture.py);
+7. modes      fp32 (exact), tf32 and bf16 eager: s/image and fidelity to Detectron's golden
+              outputs (strict and loose match shares, AP, FPN error: gnconvert.fidelity.mode_fidelity);
+8. compile    fp32 and bf16 under torch.compile from an empty cache: first call (compilation),
+              s/image, graphs compiled, fidelity; and the compiled fp32 golden parity.
 
 Writes OUT/<date>-<gpu>.json (everything, with the commit it measured) and OUT/<date>-<gpu>.md
 (the tables).  With --dry-run the same steps run on the CPU on tiny inputs with
@@ -49,15 +53,19 @@ from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import gpu_report_markdown  # noqa: E402  (scripts/ is not a package)
 
 # name -> (seconds on a GPU, seconds in a dry run)
 STEPS = {
-    "env": (45, 60),
-    "tests": (110, 300),
-    "groupnorm": (75, 120),
-    "predict": (75, 180),
-    "parity": (110, 300),
-    "verify": (55, 180),
+    "env": (40, 60),
+    "tests": (90, 300),
+    "groupnorm": (70, 120),
+    "predict": (60, 180),
+    "parity": (100, 300),
+    "verify": (45, 180),
+    "modes": (60, 240),
+    "compile": (65, 300),
 }
 GOLDEN_IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.png", "tiny_chelsea.png"]
 
@@ -90,23 +98,25 @@ def device_and_dtypes(dry: bool):
     return torch.device("cuda"), ["float32", "bfloat16"]
 
 
-def seeded_detector(device, dry: bool):
-    """The seeded full-size R-50-FPN GN checkpoint (the golden one) as a Detector; in a dry run
-    with a tiny test scale so that the CPU gets through it quickly."""
+def seeded_checkpoint(dry: bool):
+    """The seeded full-size R-50-FPN GN checkpoint (the golden one); in a dry run with a tiny test
+    scale so that the CPU gets through it quickly."""
     import dataclasses
 
-    from gnconvert.architecture import gn_r50_fpn
-    from gnconvert.inference import Detector
-    from gnconvert.model import build_network
-    from gnconvert.checkpoint.name_mapping import detectron_to_torch
-    from gnconvert.fidelity.seeded import seeded_blobs
+    from benchlib import seeded_checkpoint as full_size
 
-    arch = gn_r50_fpn()
-    network = build_network(arch)
-    network.load_state_dict(detectron_to_torch(seeded_blobs(arch, 1), arch).torch_state_dict())
+    ckpt = full_size()
     if dry:
-        arch = dataclasses.replace(arch, test=dataclasses.replace(arch.test, scale=64, max_size=96))
-    return Detector(network.eval().to(device), arch).eval(), arch
+        ckpt.arch = dataclasses.replace(ckpt.arch, test=dataclasses.replace(ckpt.arch.test, scale=64, max_size=96))
+    return ckpt
+
+
+def seeded_detector(device, dry: bool):
+    """`seeded_checkpoint` as an exact-mode Detector on `device`."""
+    from gnconvert.api import build_model
+
+    ckpt = seeded_checkpoint(dry)
+    return build_model(ckpt, device), ckpt.arch
 
 
 def run_pytest(args: List[str], env: Dict[str, str], timeout: float) -> dict:
@@ -234,16 +244,16 @@ def step_predict(dry: bool) -> dict:
             torch.cuda.synchronize()
         out["batch"][kernel] = {"batch_size": len(batch), "images_per_s": repeats * len(batch) / (time.perf_counter() - t0)}
     os.environ.pop(KERNEL_ENV, None)
-    for name, per in out["images"].items():
+    for per in out["images"].values():
         per["kernel_speedup"] = per["torch"]["seconds"] / per["triton"]["seconds"]
     return out
 
 
 def step_parity(dry: bool) -> dict:
     device, _ = device_and_dtypes(dry)
-    args = ["-s", "tests/test_golden_parity.py"]
+    args = ["-s", "tests/test_golden_parity.py", "-k", "not compiled"]  # the compile step measures that mode
     if dry:
-        args += ["-k", "matches_detectron and R-50-FPN-GN_seed1-chelsea"]
+        args[-1] = "matches_detectron and not compiled and R-50-FPN-GN_seed1-chelsea"
     result = run_pytest(args, {"GNCONVERT_TEST_DEVICE": str(device), **({"TRITON_INTERPRET": "1"} if dry else {})},
                         STEPS["parity"][1 if dry else 0] - 5)
     result["device"] = str(device)
@@ -274,9 +284,33 @@ def step_verify(dry: bool) -> dict:
             "box_ap": metrics["bbox"]["AP"], "mask_ap": metrics.get("segm", {}).get("AP"), "timing": report["timing"]}
 
 
+def _time_modes(names: List[str], dry: bool, fidelity_images: List[str]) -> dict:
+    import cv2
+    from bench_fast_modes import modes_once
+
+    device, _ = device_and_dtypes(dry)
+    images = [cv2.imread(str(golden_dir() / "images" / n)) for n in GOLDEN_IMAGES[: 1 if dry else 2]]
+    return {"device": str(device), **modes_once(seeded_checkpoint(dry), names, device, images, golden_dir(),
+                                                fidelity_images, repeats=1 if dry else 3)}
+
+
+def step_modes(dry: bool) -> dict:
+    """fp32 (exact), tf32 (CUDA) and bf16 eager: speed and fidelity."""
+    device, _ = device_and_dtypes(dry)
+    names = ["fp32", "bf16"] + (["tf32"] if device.type == "cuda" else [])
+    return _time_modes(names, dry, ["tiny_chelsea.png"] if dry else GOLDEN_IMAGES)
+
+
+def step_compile(dry: bool) -> dict:
+    """fp32 and bf16 compiled (a fresh compile cache): first call, speed, recompiles, fidelity."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="gnconvert-gpu-report-inductor-")
+    names = ["fp32", "fp32+compile"] if dry else ["fp32", "fp32+compile", "bf16+compile"]
+    return _time_modes(names, dry, ["tiny_chelsea.png"] if dry else GOLDEN_IMAGES)
+
+
 STEP_FUNCTIONS: Dict[str, Callable[[bool], dict]] = {
     "env": step_env, "tests": step_tests, "groupnorm": step_groupnorm, "predict": step_predict,
-    "parity": step_parity, "verify": step_verify,
+    "parity": step_parity, "verify": step_verify, "modes": step_modes, "compile": step_compile,
 }
 
 
@@ -348,76 +382,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{report['date'][:10]}-{gpu}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    stem.with_suffix(".md").write_text(gpu_report_markdown.markdown(report))
     print(f"[gpu_report] wrote {stem}.json and {stem}.md in {report['total_seconds']} s")
     return 0 if all(s["status"] == "ok" for s in report["steps"].values()) else 1
-
-
-# ----------------------------------------------------------------------------- markdown
-def _f(x, fmt=".3f") -> str:
-    return "—" if x is None or x != x else format(x, fmt)
-
-
-def markdown(report: dict) -> str:
-    steps = report["steps"]
-    lines = [f"# GPU report {report['date']}" + (" (DRY RUN: CPU, tiny inputs, figures meaningless)"
-                                                 if report["dry_run"] else ""),
-             "", f"commit `{report['commit']}`, {report.get('total_seconds')} s in all", "",
-             "| step | status | seconds |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {s['status']} | {s['seconds']} |" for name, s in steps.items()]
-    env = steps.get("env", {}).get("result")
-    if env:
-        lines += ["", "## Environment", "", "| | |", "| --- | --- |"]
-        lines += [f"| {k} | {v} |" for k, v in env.items()]
-    tests = steps.get("tests", {}).get("result")
-    if tests:
-        lines += ["", "## pytest -m gpu", "", f"`{tests['command']}`: {tests['counts']} (exit {tests['returncode']})"]
-    gn = steps.get("groupnorm", {}).get("result")
-    if gn:
-        lines += ["", "## GroupNorm at every call site of R-50-FPN GN", "",
-                  f"measured copy bandwidth {_f(gn['copy_bandwidth_gb_s'], '.0f')} GB/s", "",
-                  "| dtype | batch | ours ms | F.group_norm ms | F.group_norm + add/relu ms | speedup | floor ms |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        for c in gn["configs"]:
-            t = c["totals"]
-            lines.append(f"| {c['dtype']} | {c['batch']} | {_f(t['ours_ms'])} | {_f(t['group_norm_ms'])} | "
-                         f"{_f(t['group_norm_ops_ms'])} | {_f(t['speedup_vs_group_norm_ops'], '.2f')}x | "
-                         f"{_f(t['floor_ms'])} |")
-        for c in gn["configs"]:
-            lines += ["", f"### {c['dtype']}, batch {c['batch']} ({c['input']})", "",
-                      "| site | shape | x | ours ms | GN+ops ms | speedup | GB/s | % of copy peak |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-            lines += [f"| {r['site']} | {tuple(r['shape'])} | {r['count']} | {_f(r['ours_ms'], '.4f')} | "
-                      f"{_f(r['group_norm_ops_ms'], '.4f')} | {_f(r['speedup'], '.2f')}x | {_f(r['gb_s'], '.0f')} | "
-                      f"{_f(r['pct_of_copy_peak'], '.1f')} |" for r in c["sites"]]
-    pred = steps.get("predict", {}).get("result")
-    if pred:
-        lines += ["", f"## predict, batch 1 ({pred['device']})", "",
-                  "| image | s/image, Triton GN | s/image, PyTorch GN | speedup | detections |",
-                  "| --- | --- | --- | --- | --- |"]
-        for name, per in pred["images"].items():
-            lines.append(f"| {name} | {_f(per['triton']['seconds'], '.4f')} | {_f(per['torch']['seconds'], '.4f')} | "
-                         f"{_f(per['kernel_speedup'], '.2f')}x | {per['triton']['detections']} |")
-        first = next(iter(pred["images"].values()), None)
-        if first:
-            lines += ["", "stages (Triton GN, first image, seconds): " +
-                      ", ".join(f"{k} {v:.4f}" for k, v in first["triton"]["stages"].items())]
-        lines += [f"predict_batch ({b['batch_size']} same-size images), GN {k}: {_f(b['images_per_s'], '.2f')} images/s"
-                  for k, b in pred["batch"].items()]
-    par = steps.get("parity", {}).get("result")
-    if par:
-        lines += ["", f"## Golden parity on {par['device']}", "", f"{par['counts']} (exit {par['returncode']})", "",
-                  "| tag | image | verdict |", "| --- | --- | --- |"]
-        lines += [f"| {c['tag']} | {c['image']} | {c['verdict']} |" for c in par["cases"]]
-    ver = steps.get("verify", {}).get("result")
-    if ver:
-        lines += ["", f"## gnconvert verify ({ver['device']})", "",
-                  f"{ver['images']} images: {_f(ver['images_per_s'], '.2f')} images/s, box AP {_f(ver['box_ap'], '.1f')}, "
-                  f"mask AP {_f(ver['mask_ap'], '.1f')}"]
-    failed = {n: s for n, s in steps.items() if s["status"] != "ok"}
-    for name, s in failed.items():
-        lines += ["", f"## {name}: {s['status']}", "", "```", s.get("log_tail", "")[-1500:], "```"]
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

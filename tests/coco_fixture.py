@@ -26,9 +26,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_util
 
-from gnconvert.results import coco_categories
+from gnconvert.fidelity import golden_coco, golden_format
 from gnconvert.results.detections import Detections
 
 DEFAULT_TAG = "R-50-FPN-GN_seed1"
@@ -57,45 +56,19 @@ def build_coco(root: Path, golden_dir: Path, tag: str = DEFAULT_TAG, layout: str
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / folder).mkdir(parents=True, exist_ok=True)
     golden = golden_results(golden_dir, tag)
-    images, annotations, ids = [], [], {}
-    ann_id = 1
+    entries, ids = [], {}
     for c in range(copies):
         for k, name in enumerate(sorted(golden)):
             image_id = 139 + 1000 * c + 17 * k  # sparse ids, like COCO's
             file_name = pattern.format(image_id, ext=Path(name).suffix)
             shutil.copyfile(Path(golden_dir) / "images" / name, root / folder / file_name)
-            h, w = golden[name]["image_shape"][:2]
-            images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+            entries.append((image_id, file_name, golden[name]))
             ids[image_id] = name
-            for det in golden[name]["detections"]:
-                x1, y1, x2, y2 = (float(np.float32(v)) for v in det["bbox_xyxy"])
-                rle = det["segmentation"]
-                area = float(mask_util.area(dict(rle, counts=rle["counts"].encode("ascii"))))
-                annotations.append({
-                    "id": ann_id, "image_id": image_id,
-                    "category_id": coco_categories.coco_id(det["category_index"]),
-                    "bbox": [x1, y1, x2 - x1 + 1.0, y2 - y1 + 1.0], "area": area, "iscrowd": 0,
-                    "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]},
-                })
-                ann_id += 1
-    data = {"info": {"description": f"Detectron's detections for {tag} as ground truth"},
-            "images": images, "annotations": annotations, "categories": coco_categories.categories_json()}
+    data = golden_coco.ground_truth(entries, f"Detectron's detections for {tag} as ground truth")
     ann_path = root / "annotations" / ann_name
     with open(ann_path, "w") as f:
         json.dump(data, f)
     return {"root": root, "annotations": ann_path, "images": root / folder, "ids": ids}
-
-
-def golden_detections(record: dict) -> Detections:
-    dets = record["detections"]
-    h, w = record["image_shape"][:2]
-    return Detections(
-        boxes=np.array([d["bbox_xyxy"] for d in dets], np.float32).reshape(-1, 4),
-        scores=np.array([d["score"] for d in dets], np.float32),
-        classes=np.array([d["category_index"] for d in dets], np.int64),
-        image_size=(h, w),
-        masks_rle=[dict(d["segmentation"]) for d in dets],
-    )
 
 
 def _pixel_key(image: np.ndarray) -> str:
@@ -115,7 +88,7 @@ class GoldenPredictor:
         self._by_pixels = {}
         for name, record in golden.items():
             image = cv2.imread(str(Path(golden_dir) / "images" / name), cv2.IMREAD_COLOR)
-            self._by_pixels[_pixel_key(image)] = golden_detections(record)
+            self._by_pixels[_pixel_key(image)] = golden_format.detections_from_json(record)
         self.swap = swap
         self.delay = delay
         self.calls = 0

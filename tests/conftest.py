@@ -29,8 +29,8 @@ def seeded_pickle(tmp_path_factory, golden_dir):
     """Factory: arch name (a golden inventory name) -> path of a full-size seeded (seed 1) checkpoint
     written as Detectron writes it: a Python-2 protocol-2 pickle with the real cfg text embedded."""
     from gnconvert import architecture
-    from gnconvert.fidelity import seeded
     from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
+    from gnconvert.fidelity import seeded
 
     made = {}
 
@@ -46,3 +46,15 @@ def seeded_pickle(tmp_path_factory, golden_dir):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+    """torch.compile's on-disk cache in a folder of this session, not the user's cache."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor"))
+    yield os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    if old is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = old

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from gnconvert.fidelity import golden_format
-from gnconvert.architecture import gn_r50_fpn
-from gnconvert.inference import box_postprocess, boxes, preprocess
-
 from golden_cases import GOLDEN_CASES
+
+from gnconvert.architecture import gn_r50_fpn
+from gnconvert.fidelity import golden_format
+from gnconvert.inference import box_postprocess, boxes, preprocess
 
 
 @pytest.mark.parametrize("tag,image", GOLDEN_CASES)

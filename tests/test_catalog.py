@@ -1,4 +1,4 @@
-"""The catalog against the facts in issue 2 (transcribed from Detectron's GN page), not against itself."""
+"""The catalog against the facts on Detectron's GN project page and MODEL_ZOO.md (transcribed here), not against itself."""
 from __future__ import annotations
 
 import json
@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
+from gnconvert.errors import UsageError
 from gnconvert.zoo import catalog
 from gnconvert.zoo.catalog import NoDownloadError
-from gnconvert.errors import UsageError
 
 MODEL = "output/train/coco_2014_train%3Acoco_2014_valminusminival/generalized_rcnn/model_final.pkl"
 BOXES = "output/test/coco_2014_minival/generalized_rcnn/bbox_coco_2014_minival_results.json"
 MASKS = "output/test/coco_2014_minival/generalized_rcnn/segmentations_coco_2014_minival_results.json"
 
-# id: (box AP, mask AP, depth, GN?, schedule, download prefix or None) -- from the issue text
+# id: (box AP, mask AP, depth, GN?, schedule, download prefix or None) -- as the GN page prints them
 MASK_RCNN = {
     "35859007": (38.6, 34.5, 50, False, "2x",
                  "35859007/12_2017_baselines/e2e_mask_rcnn_R-50-FPN_2x.yaml.01_49_07.By8nQcCH"),
@@ -154,3 +154,21 @@ def test_list_json(tmp_path):
     assert rows["48616724"]["published"] == {"box_ap": 41.8, "mask_ap": 36.8}
     assert rows["48616724"]["cached"] == {"model": None, "boxes": None, "masks": None}
     assert rows["56421911"]["files"] == {}
+
+
+def test_every_entry_names_an_architecture_the_model_builder_knows():
+    """The catalog spells kind/norm/heads as architecture.record does, and every (kind, depth, norm,
+    heads) it lists is one of the reference architectures, so a fetched model always builds."""
+    from gnconvert.architecture import REFERENCE_ARCHITECTURES, BoxHeadType, Kind, MaskHeadType, Norm
+
+    built = {(a.kind, a.depth, a.norm) for a in REFERENCE_ARCHITECTURES.values() if a.kind == Kind.CLASSIFIER}
+    built |= {(a.kind, a.depth, a.norm, a.box_head, a.mask_head) for a in REFERENCE_ARCHITECTURES.values()
+              if a.kind == Kind.MASK_RCNN}
+    for e in catalog.load_catalog():
+        assert e.kind in {k.value for k in Kind} and e.norm in {n.value for n in Norm}, e.id
+        if e.kind == Kind.CLASSIFIER:
+            assert e.box_head is None and e.mask_head is None, e.id
+            assert (Kind(e.kind), e.depth, Norm(e.norm)) in built, e.id
+        else:
+            key = (Kind(e.kind), e.depth, Norm(e.norm), BoxHeadType(e.box_head), MaskHeadType(e.mask_head))
+            assert key in built, e.id

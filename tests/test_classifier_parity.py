@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from gnconvert.architecture import REFERENCE_ARCHITECTURES
-from gnconvert.model import MaskRCNNNetwork, ResNetClassifier, build_network
 from gnconvert.checkpoint.name_mapping import detectron_to_torch
 from gnconvert.fidelity.seeded import seeded_blobs
+from gnconvert.model import MaskRCNNNetwork, ResNetClassifier, build_network
 
 # float32 noise between Caffe2's and PyTorch's CPU kernels (summation order)
 RTOL = 1e-4

@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 import pytest
-
 from detectron_server import detectron_server, gnconvert_env  # noqa: F401  (fixtures)
+
 from gnconvert.architecture import REFERENCE_ARCHITECTURES, classifier_r50_gn, gn_r50_fpn
-from gnconvert.cli import main
 from gnconvert.checkpoint.converted import load_converted
 from gnconvert.checkpoint.name_mapping import mapping_rules, torch_to_detectron
 from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
+from gnconvert.cli import main
 from gnconvert.fidelity.seeded import seeded_blobs
 
 GN_R50 = "e2e_mask_rcnn_R-50-FPN_2x_gn"

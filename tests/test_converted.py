@@ -12,8 +12,8 @@ from safetensors.numpy import save_file
 from gnconvert import __version__
 from gnconvert.architecture import Architecture, classifier_r50_gn
 from gnconvert.checkpoint.converted import is_converted_file, load_converted, save_converted
-from gnconvert.errors import CheckpointError, MappingError
 from gnconvert.checkpoint.name_mapping import detectron_to_torch, torch_to_detectron
+from gnconvert.errors import CheckpointError, MappingError
 from gnconvert.fidelity.seeded import seeded_blobs
 
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from gnconvert.checkpoint.detectron_cfg import load_config_file, parse_detectron_cfg
-from gnconvert.errors import CheckpointError, UsageError
 from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
+from gnconvert.errors import CheckpointError, UsageError
 
 CFG_NAMES = ["e2e_mask_rcnn_R-50-FPN_2x_gn", "e2e_mask_rcnn_R-101-FPN_2x_gn", "scratch_e2e_mask_rcnn_R-50-FPN_3x_gn",
              "e2e_mask_rcnn_R-50-FPN_2x", "e2e_mask_rcnn_R-101-FPN_2x"]

@@ -12,10 +12,8 @@ import math
 import cv2
 import numpy as np
 import pytest
+from coco_fixture import GoldenPredictor, build_coco, golden_results
 
-from coco_fixture import GoldenPredictor, build_coco, golden_detections, golden_results
-from gnconvert.results import coco_categories
-from gnconvert.results.detections import Detections
 from gnconvert.errors import UsageError
 from gnconvert.evaluation import (
     CocoEvaluator,
@@ -24,11 +22,14 @@ from gnconvert.evaluation import (
     find_layout,
     from_results,
     load_annotations,
+    reference,
     to_results,
 )
 from gnconvert.evaluation.coco_layout import LayoutError
 from gnconvert.evaluation.dataset import CocoImages, image_loader
-from gnconvert.evaluation import reference
+from gnconvert.fidelity import golden_format
+from gnconvert.results import coco_categories
+from gnconvert.results.detections import Detections
 
 GN = "R-50-FPN-GN_seed1"
 BN = "R-50-FPN-BN_seed1"  # 3 images, many classes
@@ -151,8 +152,8 @@ def test_detectron_order_is_class_then_image_then_detection():
 
 
 def test_results_round_trip_exactly(golden_dir):
-    for name, record in golden_results(golden_dir, BN).items():
-        dets = golden_detections(record)
+    for record in golden_results(golden_dir, BN).values():
+        dets = golden_format.detections_from_json(record)
         back = from_results(*to_results(7, dets), image_size=dets.image_size)
         np.testing.assert_array_equal(back.boxes, dets.boxes)
         np.testing.assert_array_equal(back.scores, dets.scores)

@@ -18,15 +18,15 @@ import pytest
 import torch
 
 from gnconvert.architecture import gn_r50_fpn
-from gnconvert.results.detections import Detections
+from gnconvert.checkpoint.name_mapping import mapping_rules
+from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
+from gnconvert.checkpoint.sources import load_source
 from gnconvert.errors import ParityError, UsageError
 from gnconvert.export import export
 from gnconvert.export.common import BUNDLED_IMAGE, loaded_network
 from gnconvert.export.self_check import reference_detections
-from gnconvert.checkpoint.name_mapping import mapping_rules
-from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
 from gnconvert.fidelity.seeded import seeded_blobs
-from gnconvert.checkpoint.sources import load_source
+from gnconvert.results.detections import Detections
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,14 @@ from packaging.requirements import Requirement
 
 from gnconvert.architecture import bn_r50_fpn, gn_r50_fpn
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.checkpoint.name_mapping import detectron_to_torch
 from gnconvert.export import export
 from gnconvert.export.common import loaded_network
-from gnconvert.export.torchscript import script
 from gnconvert.export.self_check import reference_detections
+from gnconvert.export.torchscript import script
+from gnconvert.fidelity.seeded import seeded_blobs
 from gnconvert.inference import Detector
 from gnconvert.inference.detector import OUTPUTS
-from gnconvert.checkpoint.name_mapping import detectron_to_torch
-from gnconvert.fidelity.seeded import seeded_blobs
 
 GOLDEN_IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.png", "tiny_chelsea.png"]
 SUBPROCESS_IMAGES = ["chelsea.png", "tiny_chelsea.png", "wide_synthetic.png"]

@@ -13,11 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from detectron_server import detectron_server, gnconvert_env  # noqa: F401  (fixtures)
-from gnconvert.zoo import download
-from gnconvert.zoo.catalog import NoDownloadError
+
 from gnconvert.errors import DownloadError, UsageError
+from gnconvert.zoo import cache, download
+from gnconvert.zoo.catalog import NoDownloadError
 
 MODEL_ID = "48616381"
 PAYLOAD = os.urandom(3 * 2**20 + 12345)  # spans several 1 MiB chunks and a ragged tail
@@ -129,11 +129,11 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GNCONVERT_CACHE", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert download.cache_dir() == tmp_path / "home" / ".cache" / "gnconvert"
+    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "gnconvert"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert download.cache_dir() == tmp_path / "xdg" / "gnconvert"
+    assert cache.cache_dir() == tmp_path / "xdg" / "gnconvert"
     monkeypatch.setenv("GNCONVERT_CACHE", str(tmp_path / "mine"))
-    assert download.cache_dir() == tmp_path / "mine"
+    assert cache.cache_dir() == tmp_path / "mine"
 
 
 def test_base_url_default_and_override(monkeypatch):

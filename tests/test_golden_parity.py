@@ -3,27 +3,20 @@ Python-2 pickle) -> read -> mapping -> network -> Detector, on every golden
 architecture and image, judged by the golden README's criteria."""
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 
 import numpy as np
 import pytest
-
-from gnconvert.fidelity import golden_format, parity
-from gnconvert.architecture import bn_r50_fpn, gn_r50_fpn
-
 from golden_cases import GOLDEN_CASES
+
+from gnconvert.architecture import REFERENCE_ARCHITECTURES
+from gnconvert.fidelity import golden_format, matching, parity
+from gnconvert.fidelity.stage_run import StageRun
 
 # The same checks on another device (the GPU report runs them on CUDA with the Triton kernel)
 DEVICE = os.environ.get("GNCONVERT_TEST_DEVICE", "cpu")
 
-ARCHITECTURES = {
-    "R-50-FPN-GN_seed1": gn_r50_fpn(),
-    "R-101-FPN-GN_seed1": dataclasses.replace(gn_r50_fpn(), depth=101),
-    "R-50-FPN-BN_seed1": bn_r50_fpn(),
-    "R-101-FPN-BN_seed1": dataclasses.replace(bn_r50_fpn(), depth=101),
-}
 
 
 def _seeded_weights(golden_dir):
@@ -35,7 +28,7 @@ def _seeded_weights(golden_dir):
 
 @pytest.fixture(scope="session")
 def detector_for(golden_dir, tmp_path_factory):
-    """tag -> Detector, each architecture built once per session."""
+    """(tag, mode) -> Detector, each architecture built once per session and mode."""
     from gnconvert.api import build_model
     from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
     from gnconvert.checkpoint.sources import convert_detectron_pickle
@@ -43,11 +36,14 @@ def detector_for(golden_dir, tmp_path_factory):
     sw = _seeded_weights(golden_dir)
     cache = {}
 
-    def get(tag=None):
-        """tag=None: whichever network is already built (any architecture will do)."""
+    def get(tag=None, mode="fp32"):
+        """tag=None: whichever network is already built (any architecture will do).  mode:
+        "fp32" (exact) or "fp32+compile"."""
+        from gnconvert.inference.modes import RunMode
+
         if tag is None:
-            tag = next(iter(cache), "R-50-FPN-BN_seed1")
-        if tag not in cache:
+            tag, mode = next(iter(cache), ("R-50-FPN-BN_seed1", "fp32"))
+        if (tag, mode) not in cache:
             # Detectron's own seeding tool, written as Detectron writes model_final.pkl, then
             # the user's path: safe read, architecture from the embedded cfg, blob mapping
             arch_name = golden_format.architecture_name(tag)
@@ -58,12 +54,12 @@ def detector_for(golden_dir, tmp_path_factory):
             del blobs
             ckpt = convert_detectron_pickle(path)
             path.unlink()
-            expected = ARCHITECTURES[tag]
+            expected = REFERENCE_ARCHITECTURES[golden_format.architecture_name(tag)]
             assert (ckpt.arch.depth, ckpt.arch.norm, ckpt.arch.box_head, ckpt.arch.mask_head) == (
                 expected.depth, expected.norm, expected.box_head, expected.mask_head)
             cache.clear()  # one full-size network in memory at a time
-            cache[tag] = build_model(ckpt, DEVICE)
-        return cache[tag]
+            cache[(tag, mode)] = build_model(ckpt, DEVICE, RunMode.of("fp32", mode.endswith("+compile")))
+        return cache[(tag, mode)]
 
     return get
 
@@ -78,24 +74,24 @@ def _dets(boxes, scores, classes, rles=None):
 
 
 def test_box_iou_uses_plus_one_sides():
-    iou = parity.box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9], [0, 0, 9, 9], [20, 20, 30, 30]])
+    iou = matching.box_iou([[0, 0, 9, 9]], [[5, 0, 14, 9], [0, 0, 9, 9], [20, 20, 30, 30]])
     np.testing.assert_allclose(iou[0], [50 / 150, 1.0, 0.0])
     # sub-pixel and inverted-by-less-than-a-pixel boxes (as Detectron outputs them) still compare
-    assert parity.box_iou([[3.0, 0, 3.0, 511]], [[3.0, 0, 3.0, 511]])[0, 0] == 1.0
-    assert parity.box_iou([[0.43, 0, 0, 30]], [[0.43, 0, 0, 30]])[0, 0] == 1.0
+    assert matching.box_iou([[3.0, 0, 3.0, 511]], [[3.0, 0, 3.0, 511]])[0, 0] == 1.0
+    assert matching.box_iou([[0.43, 0, 0, 30]], [[0.43, 0, 0, 30]])[0, 0] == 1.0
 
 
 def test_matching_rules():
     ref = _dets([[0, 0, 9, 9], [10, 10, 19, 19], [0, 0, 19, 19]], [0.9, 0.8, 0.7], [1, 2, 3])
-    same = parity.match_detections(ref, ref, masks=False)
+    same = matching.match_detections(ref, ref, masks=False)
     assert same.passed and same.pairs == [(0, 0), (1, 1), (2, 2)]
     # one class differs, one score moved by 2e-3: two of three unmatched, two extra
     ours = _dets([[0, 0, 9, 9], [10, 10, 19, 19], [0, 0, 19, 19]], [0.9, 0.802, 0.7], [1, 2, 4])
-    m = parity.match_detections(ref, ours, masks=False)
+    m = matching.match_detections(ref, ours, masks=False)
     assert m.pairs == [(0, 0)] and m.extra == 2 and not m.passed
     # a box shifted by 0.1 px on a 10 px box: IoU 0.98 < 0.99
     ours = _dets([[0, 0, 9, 9], [10.1, 10, 19.1, 19], [0, 0, 19, 19]], [0.9, 0.8, 0.7], [1, 2, 3])
-    assert parity.match_detections(ref, ours, masks=False).matched_fraction == pytest.approx(2 / 3)
+    assert matching.match_detections(ref, ours, masks=False).matched_fraction == pytest.approx(2 / 3)
 
 
 def test_mask_iou_and_report():
@@ -106,12 +102,12 @@ def test_mask_iou_and_report():
     b = np.zeros((20, 20), np.uint8)
     b[2:6, 2:4] = 1
     enc = lambda m: dict(mask_util.encode(np.asfortranarray(m[:, :, None]))[0])  # noqa: E731
-    assert parity.mask_iou(enc(a), enc(b)) == pytest.approx(0.5)
+    assert matching.mask_iou(enc(a), enc(b)) == pytest.approx(0.5)
     empty = enc(np.zeros((20, 20), np.uint8))
-    assert parity.mask_iou(empty, empty) == 1.0
+    assert matching.mask_iou(empty, empty) == 1.0
     ref = _dets([[2, 2, 5, 5]], [0.9], [1], [enc(a)])
     ours = _dets([[2, 2, 5, 5]], [0.9], [1], [enc(b)])
-    m = parity.match_detections(ref, ours)
+    m = matching.match_detections(ref, ours)
     assert m.worst_mask_iou == pytest.approx(0.5) and not m.passed  # mask IoU < 0.97 fails
     report = parity.ParityReport("T", "img.png", m, [parity.StageResult("p2_crop", True, "x")])
     text = report.format()
@@ -121,7 +117,7 @@ def test_mask_iou_and_report():
 def test_noise_floor_explains_only_what_our_own_noise_shows():
     """A miss passes only when our own run, under the measured noise, moves at least as much."""
     def m(matched, ref=100, ours=100, mask=0.99):
-        return parity.DetectionMatch(pairs=[(i, i) for i in range(matched)], num_reference=ref, num_ours=ours,
+        return matching.DetectionMatch(pairs=[(i, i) for i in range(matched)], num_reference=ref, num_ours=ours,
                                      worst_mask_iou=mask)
 
     floor = parity.NoiseFloor(sigmas=[1e-5] * 5, self_matches=[m(97), m(100, mask=0.9)], detectron_union=1.0)
@@ -144,9 +140,22 @@ def _case(tag, image):
 
 @pytest.mark.parametrize("tag,image", [_case(t, i) for t, i in GOLDEN_CASES])
 def test_matches_detectron(golden_dir, detector_for, tag, image):
+    _judge(golden_dir, detector_for(tag), tag, image)
+
+
+@pytest.mark.parametrize("tag,image", [_case(t, i) for t, i in GOLDEN_CASES if t.startswith("R-50")])
+def test_compiled_fp32_matches_detectron(golden_dir, detector_for, compile_cache, tag, image):
+    """The compiled fp32 mode (inductor, freezing) passes the same judge: its FPN maps within
+    float32 noise of Detectron's (2e-4 of max |value|) and its detections Detectron's.  One check
+    is the exact mode's alone: the BN* proposal rows in order, which needs bit-exact RPN logits
+    (which probabilities round to exactly 1.0 and tie); the proposal sets are still judged.  (R-50
+    only: one compilation per architecture is what CI can afford; R-101 has the same layers.)"""
+    _judge(golden_dir, detector_for(tag, "fp32+compile"), tag, image, exact=False)
+
+
+def _judge(golden_dir, det, tag, image, exact=True):
     reference = golden_format.load(golden_dir, tag, image)
-    det = detector_for(tag)
-    run = parity.StageRun(det, golden_dir / "images" / image)
+    run = StageRun(det, golden_dir / "images" / image)
     ours = run.detections()
     intermediates = dict(run.intermediates)
     report = parity.compare(reference, ours, intermediates)
@@ -157,7 +166,7 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     # In the BN* runs most kept RPN probabilities are exactly 1.0 (e.g. 66 of 66 on
     # one level), so only numpy 1.23's sort order reproduces Detectron's proposal
     # lists; numpy 2's SIMD argsort orders those ties differently.  Row by row:
-    if "-BN_" in tag:
+    if "-BN_" in tag and exact:
         for k in range(2, 7):
             key = f"rpn_rois_fpn{k}"
             assert intermediates[key].shape == reference.intermediates[key].shape, key
@@ -167,7 +176,7 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     #    so that float noise upstream cannot hide or excuse a bug there:
     #    Detectron's 1000 RoIs -> our box head and post-processing -> its detections
     boxes_only = run.boxes(rois=reference.intermediates["rois"])
-    box_match = parity.match_detections(reference.detections, boxes_only, masks=False)
+    box_match = matching.match_detections(reference.detections, boxes_only, masks=False)
     assert box_match.matched_fraction == 1.0 and box_match.extra == 0, report.format()
     assert box_match.worst_box_iou >= 0.999 and box_match.worst_score_diff <= 1e-4
     np.testing.assert_array_equal(boxes_only.classes, reference.detections.classes)  # same order
@@ -175,8 +184,8 @@ def test_matches_detectron(golden_dir, detector_for, tag, image):
     #    Detectron's final boxes -> our mask head and paste -> its masks
     masks_only = run.masks(reference.detections)
     np.testing.assert_allclose(run.intermediates["mask_probs"], reference.intermediates["mask_probs"], atol=1e-4)
-    ious = [parity.mask_iou(a, b) for a, b in zip(masks_only.masks_rle, reference.detections.masks_rle)]
-    assert min(ious, default=1.0) >= parity.MASK_IOU
+    ious = [matching.mask_iou(a, b) for a, b in zip(masks_only.masks_rle, reference.detections.masks_rle)]
+    assert min(ious, default=1.0) >= matching.MASK_IOU
 
     # 3. free-running: the golden README's criteria, or, where float noise alone
     #    misses them, the measured noise floor: our FPN maps perturbed by exactly their
@@ -223,7 +232,7 @@ def test_degenerate_inputs_and_batches(detector_for):
         for d in (one, many):
             assert np.all(d.boxes[:, [0, 2]] <= size[1] - 1) and np.all(d.boxes[:, [1, 3]] <= size[0] - 1)
             assert np.all(d.boxes >= 0)
-        m = parity.match_detections(one, many)
+        m = matching.match_detections(one, many)
         assert m.passed, (len(one), len(many), m)
     dense = det.predict(bgra, dense_masks=True)
     assert dense.masks.shape == (len(dense), 2, 80)

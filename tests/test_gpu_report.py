@@ -27,7 +27,7 @@ def test_dry_run_writes_every_step(tmp_path, golden_dir):
     [json_file] = tmp_path.glob("*-dry-run-cpu.json")
     report = json.loads(json_file.read_text())
     assert report["dry_run"] and report["commit"] != "unknown"
-    assert list(report["steps"]) == ["env", "tests", "groupnorm", "predict", "parity", "verify"]
+    assert list(report["steps"]) == ["env", "tests", "groupnorm", "predict", "parity", "verify", "modes", "compile"]
     assert all(s["status"] == "ok" for s in report["steps"].values()), report["steps"]
     steps = {name: s["result"] for name, s in report["steps"].items()}
     assert steps["env"]["torch"] and steps["env"]["dry_run"]
@@ -36,8 +36,13 @@ def test_dry_run_writes_every_step(tmp_path, golden_dir):
     assert all(per["triton"]["detections"] > 0 for per in steps["predict"]["images"].values())
     assert steps["parity"]["cases"] == [{"tag": "R-50-FPN-GN_seed1", "image": "chelsea.png", "verdict": "PASS"}]
     assert steps["verify"]["images"] == 2 and steps["verify"]["images_per_s"] > 0
+    assert set(steps["modes"]) == {"device", "fp32", "bf16"} and set(steps["compile"]) == {"device", "fp32",
+                                                                                           "fp32+compile"}
+    assert steps["compile"]["fp32+compile"]["graphs"] > 0 and steps["modes"]["bf16"]["graphs"] == 0
+    assert steps["modes"]["bf16"]["fidelity"]["images"][0]["image"] == "tiny_chelsea.png"
     markdown = json_file.with_suffix(".md").read_text()
     assert "DRY RUN" in markdown and "## Golden parity on cpu" in markdown and "| chelsea.png | PASS |" in markdown
+    assert "## Run modes: compile (cpu)" in markdown and "| fp32+compile |" in markdown
 
 
 def test_a_step_over_its_time_box_is_killed_and_reported():

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 import pytest  # noqa: E402
+import torch
 import torch.nn.functional as F  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from gnconvert.errors import UsageError  # noqa: E402
-from gnconvert import kernels  # noqa: E402
 import gnconvert.kernels.group_norm as gn_module  # noqa: E402
+from gnconvert import kernels  # noqa: E402
+from gnconvert.errors import UsageError  # noqa: E402
 from gnconvert.kernels import GroupNorm, GroupNormReLU, is_available  # noqa: E402
 from gnconvert.kernels import group_norm_kernels as K  # noqa: E402
+from gnconvert.kernels import group_norm_launch as L  # noqa: E402
 from gnconvert.kernels.group_norm import group_norm  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,7 +69,7 @@ def params(c, dtype, seed=1):
 def path_of(x, num_groups):
     n, c = x.shape[:2]
     s = x.numel() // (n * c)
-    return K.plan(n, num_groups, c // num_groups, s, x.device)
+    return L.plan(n, num_groups, c // num_groups, s, x.device)
 
 
 # --------------------------------------------------------------------------- forward sweep
@@ -134,7 +135,7 @@ def test_both_backward_paths_are_reached(shape, groups, one_kernel):
     x = make_input(shape[0], shape[1], shape[2:], torch.float64)
     y, stats = gn_module._group_norm_forward(x, None, None, None, groups, 1e-5, False)
     dx = torch.empty_like(x)
-    sums = K.backward_small_groups(torch.ones_like(x), x, None, None, stats, groups, False, False, dx, None)
+    sums = L.backward_small_groups(torch.ones_like(x), x, None, None, stats, groups, False, False, dx, None)
     assert (sums is not None) == one_kernel
 
 
@@ -142,15 +143,15 @@ def test_both_backward_paths_are_reached(shape, groups, one_kernel):
 def test_gpu_plan_fills_an_h100_and_keeps_chunks_aligned(monkeypatch, batch):
     """At batch 1 the body has only 32 groups: the split must give every one of 132 SMs work,
     cover each group exactly, and start chunks at multiples of 64 positions (aligned loads)."""
-    monkeypatch.setattr(K, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(L, "_sm_count", lambda device: 132)
     for c, h, w in [(64, 400, 608), (256, 200, 304), (512, 100, 152), (1024, 50, 76), (2048, 25, 38), (256, 25, 38)]:
         s = h * w
-        p = K.plan.__wrapped__(batch, 32, c // 32, s, DEVICE, True, K.GPU_TUNING)
+        p = L.plan.__wrapped__(batch, 32, c // 32, s, DEVICE, True, K.GPU_TUNING)
         assert not p.single_tile
         assert batch * 32 * p.splits >= 132 or c * s // 32 < 4 * K.GPU_TUNING.min_chunk
         assert (p.splits - 1) * p.chunk < s <= p.splits * p.chunk
         assert p.splits == 1 or p.chunk % 64 == 0
-    box_head = K.plan.__wrapped__(1000 * batch, 32, 8, 49, DEVICE, True, K.GPU_TUNING)
+    box_head = L.plan.__wrapped__(1000 * batch, 32, 8, 49, DEVICE, True, K.GPU_TUNING)
     assert box_head.single_tile
 
 
@@ -382,12 +383,36 @@ def test_without_triton_kernels_import_and_fall_back():
         "x = torch.randn(2, 8, 5, 7, dtype=torch.float64)\n"
         "assert torch.allclose(group_norm(x, 4, relu=True), F.relu(F.group_norm(x, 4)))\n"
         "x.requires_grad_(); group_norm(x, 4).sum().backward()\n"
+        "from gnconvert.model.norm import group_norm_backend\n"
+        "said = group_norm_backend('cuda')\n"
+        "assert said.startswith('torch') and 'could not be loaded' in said and 'triton' in said, said\n"
         "print('fallback ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "fallback ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_another_package_named_kernels_does_not_replace_ours(tmp_path):
+    """PyPI has an unrelated package called `kernels`: beside it, the model still finds ours."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("OTHER = True\n")
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import kernels; assert kernels.OTHER\n"
+        "from gnconvert.model.norm import _fused_kernel_module\n"
+        "from pathlib import Path\n"
+        "print(Path(_fused_kernel_module().__file__).resolve())\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Path(done.stdout.strip()) == repo / "kernels" / "group_norm.py"
 
 
 def test_importing_kernels_needs_no_triton():

@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from detectron_server import detectron_server, gnconvert_env  # noqa: F401  (fixtures)
+
 from gnconvert.architecture import gn_r50_fpn
-from gnconvert.cli import main
 from gnconvert.checkpoint.converted import load_converted, save_converted
-from gnconvert.errors import CheckpointError, UsageError
 from gnconvert.checkpoint.name_mapping import detectron_to_torch
+from gnconvert.cli import main
+from gnconvert.errors import CheckpointError, UsageError
 from gnconvert.fidelity.seeded import seeded_blobs
 
 TINY = ["--opts", "TEST.SCALE", "64", "TEST.MAX_SIZE", "96"]  # the full network, on a tiny input
@@ -106,8 +106,8 @@ def test_not_enough_free_space_is_said_before_writing(converted, tmp_path, monke
 def test_verify_on_a_partial_dataset_is_incomplete_not_pass(golden_dir, tmp_path, capsys):
     from coco_fixture import GoldenPredictor, build_coco
 
-    from gnconvert.evaluation import find_layout, run_verify
     from gnconvert.errors import ParityError
+    from gnconvert.evaluation import find_layout, run_verify
 
     coco = build_coco(tmp_path / "coco", golden_dir)
     images = sorted((tmp_path / "coco" / "val2014").iterdir())
@@ -332,8 +332,8 @@ def test_selftest_workdir_problems_are_one_line(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- 8. TorchScript needs torchvision
 def test_archive_says_it_needs_torchvision_and_self_check_reads_its_operators(tmp_path):
-    from gnconvert.export.torchscript import LOADING, extra_files, operators
     from gnconvert.checkpoint.converted import ConvertedCheckpoint
+    from gnconvert.export.torchscript import LOADING, extra_files, operators
 
     arch = gn_r50_fpn()
     files = extra_files(ConvertedCheckpoint(state_dict={}, arch=arch))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from golden_cases import GOLDEN_CASES
 from pycocotools import mask as mask_util
 
 from gnconvert.fidelity import golden_format
 from gnconvert.inference import mask_postprocess, preprocess, rle, roi_levels
-
-from golden_cases import GOLDEN_CASES
 
 
 @pytest.mark.parametrize("tag,image", GOLDEN_CASES)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from gnconvert.architecture import AFFINE, GN, REFERENCE_ARCHITECTURES
+from gnconvert.checkpoint.name_mapping import detectron_to_torch
+from gnconvert.fidelity.seeded import seeded_blobs
 from gnconvert.model import MaskRCNNNetwork, ResNetClassifier, build_network
 from gnconvert.model.fpn import FPN, upsample_nearest_2x
 from gnconvert.model.norm import AffineChannel, ConvNorm, GroupNorm, NoNorm, group_norm, make_norm
 from gnconvert.model.resnet import Bottleneck, ResNetBody
 from gnconvert.model.roi_heads import BoxPredictor, ConvFCBoxHead, MaskHead, MLPBoxHead
 from gnconvert.model.rpn import RPNHead
-from gnconvert.checkpoint.name_mapping import detectron_to_torch
-from gnconvert.fidelity.seeded import seeded_blobs
 
 GN_R50 = REFERENCE_ARCHITECTURES["e2e_mask_rcnn_R-50-FPN_2x_gn"]
 BN_R50 = REFERENCE_ARCHITECTURES["e2e_mask_rcnn_R-50-FPN_2x"]
@@ -299,7 +299,7 @@ def test_mask_head_shapes():
 # --------------------------------------------------------------------------- whole networks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mapped(name):
     arch = REFERENCE_ARCHITECTURES[name]
     return detectron_to_torch(seeded_blobs(arch, seed=1), arch)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from gnconvert.architecture import REFERENCE_ARCHITECTURES
-from gnconvert.errors import MappingError
 from gnconvert.checkpoint.name_mapping import (
     IMAGENET_FC_REASON,
     detectron_to_torch,
@@ -17,13 +16,14 @@ from gnconvert.checkpoint.name_mapping import (
     preserved_inventory,
     torch_to_detectron,
 )
+from gnconvert.errors import MappingError
 from gnconvert.fidelity.seeded import seeded_blobs
 
 GN_R50 = "e2e_mask_rcnn_R-50-FPN_2x_gn"
 BN_R50 = "e2e_mask_rcnn_R-50-FPN_2x"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _seeded(name: str):
     return seeded_blobs(REFERENCE_ARCHITECTURES[name], seed=1)
 

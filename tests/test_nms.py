@@ -7,7 +7,6 @@ float32 scalars in cython's order, and suppresses at IoU >= a float32 threshold.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

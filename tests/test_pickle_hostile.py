@@ -14,10 +14,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-from gnconvert.errors import CheckpointError
 from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
+from gnconvert.errors import CheckpointError
 
 TRIPPED = []
 

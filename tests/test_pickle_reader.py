@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from gnconvert.errors import CheckpointError
 from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
+from gnconvert.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_real_python2_bare(golden_dir, expected):
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 @pytest.mark.parametrize("layout", ["blobs+cfg", "bare"])
 def test_python3_forms(tmp_path, expected, layout, protocol):
-    # protocol 2 is the form the issue names; 3-5 are what a re-save under Python 3 gives
+    # protocol 2 is what Detectron wrote; 3-5 are what a re-save under Python 3 gives
     obj = {"blobs": expected, "cfg": "MODEL:\n  TYPE: generalized_rcnn\n"} if layout == "blobs+cfg" else expected
     path = tmp_path / "py3.pkl"
     path.write_bytes(pickle.dumps(obj, protocol=protocol))

@@ -7,12 +7,13 @@ import pickletools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gnconvert.errors import CheckpointError
-from gnconvert.checkpoint.py2_pickle import dumps_detectron_pickle, write_detectron_pickle
 from gnconvert.checkpoint.pickle_reader import read_detectron_pickle
+from gnconvert.checkpoint.py2_pickle import dumps_detectron_pickle, write_detectron_pickle
+from gnconvert.errors import CheckpointError
 
 
 def _real(golden_dir, name):

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from gnconvert.inference import sorting
 from numpy_killers import introselect_killer, quicksort_killer
 
-_heapsort, _select_loop = sorting._heapsort, sorting._select_loop
+from gnconvert.inference import sorting
+
+_heapsort, _select_loop = sorting.heapsort, sorting.select_loop
 
 if np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant:
     pytest.skip("numpy's longdouble is a double here: no classic-sort reference", allow_module_level=True)
@@ -90,8 +90,8 @@ def test_fallbacks_where_numpy_takes_them(monkeypatch, n):
     """Adversarial inputs (tests/numpy_killers.py) drive introsort into heapsort and
     introselect into median-of-medians pivots; the answers still equal numpy's."""
     taken = []
-    monkeypatch.setattr(sorting, "_heapsort", lambda *a: taken.append("heap") or _heapsort(*a))
-    monkeypatch.setattr(sorting, "_select_loop", lambda *a: taken.append("select") or _select_loop(*a))
+    monkeypatch.setattr(sorting, "heapsort", lambda *a: taken.append("heap") or _heapsort(*a))
+    monkeypatch.setattr(sorting, "select_loop", lambda *a: taken.append("select") or _select_loop(*a))
     x = quicksort_killer(n)
     assert np.array_equal(sorting.argsort(torch.from_numpy(x)).numpy(), ref_argsort(x))
     x = introselect_killer(n, n // 3)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-
 from coco_fixture import GoldenPredictor, build_coco, golden_results
+
 from gnconvert.cli import main
 from gnconvert.errors import ParityError, UsageError
 from gnconvert.evaluation import detectron_order, find_layout, run_verify, to_results

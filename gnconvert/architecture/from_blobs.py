@@ -55,7 +55,7 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
     if res4 not in _DEPTH_BY_RES4_BLOCKS:
         raise CheckpointError(f"blobs have {res4} res4 blocks: only ResNet-50 (6) and ResNet-101 (23) are supported")
     depth = _DEPTH_BY_RES4_BLOCKS[res4]
-    body = dict(depth=depth, norm=norm, stride_in_1x1=norm == Norm.AFFINE)
+    body: Dict[str, Any] = dict(depth=depth, norm=norm, stride_in_1x1=norm == Norm.AFFINE)
 
     detection_markers = ("conv_rpn_fpn2_w", "cls_score_w", "fc6_w", "fpn_res5_2_sum_w")
     if not any(m in blobs for m in detection_markers):

@@ -193,7 +193,7 @@ def architecture_from_cfg(cfg: Dict[str, Any], embedded: bool = True) -> Archite
         c.expect(f"TEST.{aug}.ENABLED", False, f"TEST.{aug}")
 
     if embedded and not c.has("MODEL.BBOX_REG_WEIGHTS", cfg):
-        bbox_reg_weights = (1.0, 1.0, 1.0, 1.0)  # Detectron's configure_bbox_reg_weights
+        bbox_reg_weights: Tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # Detectron's configure_bbox_reg_weights
     else:
         bbox_reg_weights = _floats(c("MODEL.BBOX_REG_WEIGHTS"), 4, "MODEL.BBOX_REG_WEIGHTS")
     freeze_at = int(c("TRAIN.FREEZE_AT"))

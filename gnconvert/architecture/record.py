@@ -12,10 +12,10 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Type
 
 
-class _Choice(str, Enum):
+class Choice(str, Enum):
     """A string-valued choice that prints, formats and serialises as its value."""
 
     def __str__(self) -> str:
@@ -25,29 +25,30 @@ class _Choice(str, Enum):
         return self.value.__format__(spec)
 
 
-class Kind(_Choice):
+class Kind(Choice):
     MASK_RCNN = "mask_rcnn"
     CLASSIFIER = "classifier"  # an ImageNet backbone: body + `pred` fc
 
 
-class Norm(_Choice):
+class Norm(Choice):
     GN = "GN"
     AFFINE = "AffineChannel"  # frozen BN folded into a per-channel scale and bias
     NONE = "none"  # the conv carries a bias instead (BN* FPN and heads)
 
 
-class BoxHeadType(_Choice):
+class BoxHeadType(Choice):
     CONVS_FC_GN = "4conv1fc_gn"  # add_roi_Xconv1fc_gn_head
     TWO_FC = "2fc"  # add_roi_2mlp_head
 
 
-class MaskHeadType(_Choice):
+class MaskHeadType(Choice):
     CONVS_GN = "4conv_gn"  # mask_rcnn_fcn_head_v1up4convs_gn
     CONVS = "4conv"  # mask_rcnn_fcn_head_v1up4convs
 
 
 GN, AFFINE = Norm.GN, Norm.AFFINE
-_CHOICES = {"kind": Kind, "norm": Norm, "fpn_norm": Norm, "box_head": BoxHeadType, "mask_head": MaskHeadType}
+_CHOICES: Dict[str, Type[Choice]] = {"kind": Kind, "norm": Norm, "fpn_norm": Norm, "box_head": BoxHeadType,
+                                      "mask_head": MaskHeadType}
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ class Architecture:
     mask_sampling_ratio: int = 2
     # data and decoding
     num_classes: int = 81  # background + 80 COCO classes
-    pixel_means: Tuple[float, float, float] = (102.9801, 115.9465, 122.7717)  # BGR
-    bbox_reg_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    pixel_means: Tuple[float, ...] = (102.9801, 115.9465, 122.7717)  # BGR
+    bbox_reg_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
     bbox_xform_clip: float = math.log(1000.0 / 16.0)
     test: TestSettings = field(default_factory=TestSettings)
     # training provenance: decides which blobs a checkpoint carries besides the
@@ -140,7 +141,7 @@ class Architecture:
     def __post_init__(self) -> None:
         for name, choice in _CHOICES.items():  # plain strings (JSON, callers) become the enums
             value = getattr(self, name)
-            if value not in set(choice):
+            if value not in {c.value for c in choice}:
                 raise ValueError(f"unknown architecture {name} {value!r}; one of {', '.join(c.value for c in choice)}")
             object.__setattr__(self, name, choice(value))
 
@@ -156,7 +157,7 @@ class Architecture:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Architecture":
+    def from_dict(cls, d: Dict[str, Any]) -> Architecture:
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known

@@ -76,7 +76,7 @@ def tensors_digest(state: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode("utf-8"))
-        h.update(memoryview(np.ascontiguousarray(state[name])).cast("B"))
+        h.update(np.ascontiguousarray(state[name]).view(np.uint8).data)
     return h.hexdigest()
 
 

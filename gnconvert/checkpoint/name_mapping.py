@@ -64,7 +64,7 @@ class _Table:
 
     def norm(self, blob: str, param: str, channels: int, kind: str, trainable: bool) -> None:
         """GroupNorm `blob_gn_{s,b}` or AffineChannel `blob_bn_{s,b}` -> `param.{weight,bias}`."""
-        suffix = {GN: "gn", AFFINE: "bn"}[kind]
+        suffix = {GN.value: "gn", AFFINE.value: "bn"}[kind]
         self.add(f"{blob}_{suffix}_s", f"{param}.weight", (channels,), trainable)
         self.add(f"{blob}_{suffix}_b", f"{param}.bias", (channels,), trainable)
 

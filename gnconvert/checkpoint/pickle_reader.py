@@ -19,7 +19,7 @@ import pickle
 import pickletools
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -242,7 +242,8 @@ def _locate(path: str, fallback: int) -> str:
     (slow, so only on the error path); the unpickler's own position otherwise."""
     try:
         with open(path, "rb") as f:
-            for _ in pickletools.genops(_BoundedReader(f, os.fstat(f.fileno()).st_size)):
+            reader: Any = _BoundedReader(f, os.fstat(f.fileno()).st_size)  # a file-like object
+            for _ in pickletools.genops(reader):
                 pass
     except CheckpointError as e:  # a read past the end, with its offset
         return str(e).split(": ", 1)[-1]

@@ -112,7 +112,7 @@ class _Py2Pickler:
         data = np.asfortranarray(a) if fortran else np.ascontiguousarray(a)
         n = data.nbytes
         self._f.write(b"U" + bytes([n]) if n < 256 else b"T" + struct.pack("<i", n))
-        self._f.write(memoryview(data.reshape(-1, order="A").view(np.uint8)))
+        self._f.write(data.reshape(-1, order="A").view(np.uint8).data)
         self._f.write(b"tb")
 
     def _value(self, value):

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from gnconvert.zoo import download
 from gnconvert.checkpoint.converted import ConvertedCheckpoint, check_finite, is_converted_file, load_converted
 from gnconvert.errors import CheckpointError, UsageError
+from gnconvert.zoo import download
 
 _PATH_SUFFIXES = (".pkl", ".pickle", ".safetensors", ".pth", ".pt", ".yaml")
 

@@ -5,6 +5,8 @@ from collections import Counter
 
 import click
 
+from gnconvert.commands.options import opts_option
+
 
 @click.command("convert")
 @click.argument("source")
@@ -12,8 +14,7 @@ import click
               help="Where to write the converted .safetensors file.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
-@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
-              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+@opts_option
 def command(source: str, output: str, config_path, opts) -> None:
     """Convert SOURCE (a model id, a Detectron .pkl, or a converted file) to OUT.
 

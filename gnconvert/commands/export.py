@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from gnconvert.commands.options import opts_option
 from gnconvert.export import TARGETS
 
 
@@ -15,8 +16,7 @@ from gnconvert.export import TARGETS
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the bundled image after writing it.")
-@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
-              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+@opts_option
 def command(source: str, target: str, output: str, config_path, no_verify: bool, opts) -> None:
     """Export SOURCE (a model id, a Detectron .pkl or a converted file) to OUT.
 
@@ -24,8 +24,8 @@ def command(source: str, target: str, output: str, config_path, no_verify: bool,
     run on the bundled image and compared with the in-process model; only if it
     matches is it renamed to OUT.  The largest differences are printed.
     """
-    from gnconvert.export import export, output_paths
     from gnconvert.checkpoint.sources import load_source
+    from gnconvert.export import export, output_paths
 
     output_paths(target, output)  # an unwritable OUT fails before the model is loaded
     ckpt = load_source(source, config_path=config_path, opts=list(opts))

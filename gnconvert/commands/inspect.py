@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Tuple
 
 import click
 
+from gnconvert.commands.options import opts_option
+
 _MOMENTUM = "optimizer momentum"
 
 
@@ -50,7 +52,19 @@ def summarize(ckpt, source: str, converted: bool) -> Dict[str, Any]:
             "bbox_reg_weights": list(arch.bbox_reg_weights), "test": dict(vars(test)),
         },
         "architecture_record": arch.to_dict(),
+        "group_norm": _group_norm_here(arch),
     }
+
+
+def _group_norm_here(arch) -> str:
+    """Which GroupNorm this machine would run the model with (CUDA if present)."""
+    if "GN" not in (arch.norm, arch.fpn_norm):
+        return "none (a frozen-BN model)"
+    import torch
+
+    from gnconvert.model.norm import group_norm_backend
+
+    return group_norm_backend("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _lines(s: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -84,6 +98,7 @@ def _lines(s: Dict[str, Any]) -> List[Tuple[str, str]]:
                      f"RPN_NMS_THRESH {t['rpn_nms_thresh']}"),
         ]
     lines.append(("cfg", "embedded Detectron cfg kept" if s["has_cfg"] else "no Detectron cfg"))
+    lines.append(("group norm", s["group_norm"]))
     lines += [("dropped", f"{name}: {reason}") for name, reason in sorted(s["dropped"].items())]
     return lines
 
@@ -100,8 +115,7 @@ def _print(summary: Dict[str, Any]) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON for machines.")
-@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
-              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+@opts_option
 def command(source: str, config_path, as_json: bool, opts) -> None:
     """Describe SOURCE: a model id, a Detectron .pkl, or a converted .safetensors.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import List, Tuple
 
 import click
 
@@ -27,11 +28,10 @@ def command(as_json: bool) -> None:
     """List the catalog: id, model, schedule, published AP, downloads, cache state."""
     entries = list(catalog.load_catalog())
     if as_json:
-        rows = [dict(e.to_dict(), cached=_cached(e)) for e in entries]
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([dict(e.to_dict(), cached=_cached(e)) for e in entries], indent=2))
         return
     header = ("ID", "MODEL", "SCHD", "BOX AP", "MASK AP", "DOWNLOAD", "CACHED")
-    rows = []
+    rows: List[Tuple[str, ...]] = []
     for e in entries:
         cached = [w for w, p in _cached(e).items() if p]
         if e.kind == "classifier":

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import click
 
+from gnconvert.commands.options import compile_option, device_option, opts_option, precision_option
 from gnconvert.errors import GnconvertError, Interrupted, UsageError
 
 MANIFEST = ".gnconvert-predict.json"
@@ -131,13 +132,14 @@ class OutputFolder:
               help="Draw detections scoring at least this.")
 @click.option("--no-masks", is_flag=True, help="Skip the mask head.")
 @click.option("--no-draw", is_flag=True, help="Write JSON only.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda or cuda:N.")
+@device_option
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Detectron YAML config for a .pkl that embeds none.")
-@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
-              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+@opts_option
+@precision_option
+@compile_option
 def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh, no_masks, no_draw, device,
-            config_path, opts):
+            config_path, opts, precision, compile_):
     """Run SOURCE (model id, Detectron .pkl or converted .safetensors) on INPUTS: image files,
     folders of images, or glob patterns ('photos/**/*.jpg').
 
@@ -146,8 +148,10 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
     and images.json maps ids to file names and SHA-256 digests.  Unreadable images are skipped
     with a warning (the exit status is then 1); Ctrl-C keeps what is done for --resume.
     """
-    from gnconvert.api import load
+    from gnconvert.api import load, resolve_device
+    from gnconvert.inference.modes import RunMode
 
+    RunMode.of(precision, compile_).check_device(resolve_device(device))  # before any file is looked at
     images = expand_inputs(inputs)
     to_stdout = json_target == "-"
     if resume and to_stdout and outdir is None:
@@ -156,12 +160,16 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; pass a folder with -o")
 
-    model = load(source, device=device, config=config_path, opts=list(opts))
+    model = load(source, device=device, config=config_path, opts=list(opts), precision=precision, compile=compile_)
     if not hasattr(model, "predict_batch"):
         raise UsageError(f"{source} is an ImageNet classifier backbone, not a detector; predict needs a Mask R-CNN "
                          "model (use gnconvert.load(...).predict in Python for its top-5 classes)")
     fingerprint = {"source": os.path.basename(os.fspath(source)), "provenance": model.provenance.get("source_md5"),
                    "masks": not no_masks, "min_score": min_score, "test": [list(o) for o in opts]}
+    mode = getattr(model, "mode", None)
+    if mode is not None and not mode.exact:  # a run's results all come from one mode; --resume checks it
+        fingerprint["mode"] = mode.name
+        click.echo(f"gnconvert: running in {mode.describe()}", err=True)
     folder = None
     existed = out is not None and out.exists()
     try:
@@ -190,11 +198,13 @@ def _run(model, images, folder: Optional[OutputFolder], to_stdout, min_score, dr
     from tqdm import tqdm
 
     from gnconvert.atomic import output_error, write_bytes_atomic, write_json_atomic
-    from gnconvert.results.coco_results import detectron_order, to_results
     from gnconvert.inference.preprocess import load_image
+    from gnconvert.results.coco_results import detectron_order, to_results
     from gnconvert.results.draw import draw_detections
 
     done = {(r["image"]["file_name"], r["image"]["sha256"]): r for r in folder.done.values()} if folder else {}
+    mode = getattr(model, "mode", None)
+    fast_mode = mode.name if mode is not None and not mode.exact else None
     records, failed, written = [], [], []
     bar = tqdm(images, unit="im", disable=len(images) < 2 or not sys.stderr.isatty(), file=sys.stderr)
     for image_id, path in enumerate(bar, start=1):
@@ -221,7 +231,9 @@ def _run(model, images, folder: Optional[OutputFolder], to_stdout, min_score, dr
         record = {"image_id": image_id, "bbox": bbox, "segm": segm,
                   "image": {"id": image_id, "file_name": name, "sha256": digest, "height": im.shape[0],
                             "width": im.shape[1]}}
-        if not no_draw:
+        if fast_mode:
+            record["image"]["mode"] = fast_mode  # how these detections were computed
+        if folder is not None and not no_draw:
             ok, encoded = cv2.imencode(".png", draw_detections(im, dets, score_thresh=draw_thresh))
             write_bytes_atomic(folder.folder / png, encoded.tobytes())
             written.append(png)

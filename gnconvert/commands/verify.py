@@ -8,6 +8,7 @@ from typing import Optional
 
 import click
 
+from gnconvert.commands.options import compile_option, device_option, opts_option, precision_option
 from gnconvert.errors import UsageError
 
 
@@ -24,12 +25,12 @@ def _catalog_entry(source: str):
     return entry
 
 
-def _model_loader(source: str, device: str, opts):
+def _model_loader(source: str, device: str, opts, precision: str, compile_: bool):
     """Load the model only when the data checks have passed (bad input fails in seconds)."""
     def load():
         from gnconvert import load as load_detector
 
-        return load_detector(source, device, opts=opts)
+        return load_detector(source, device, opts=opts, precision=precision, compile=compile_)
     return load
 
 
@@ -45,7 +46,7 @@ def _default_output(source: str) -> Path:
 @click.option("--annotations", type=click.Path(path_type=Path), help="The instances_*.json file itself.")
 @click.option("--images", type=click.Path(path_type=Path), help="The image folder itself.")
 @click.option("--limit", type=int, help="Evaluate only the first N images (by image id).")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda or cuda:N.")
+@device_option
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding DataLoader workers.")
 @click.option("--output", type=click.Path(path_type=Path),
@@ -60,22 +61,27 @@ def _default_output(source: str) -> Path:
 @click.option("--expect-box-ap", type=float, help="Box AP to check against instead of the catalog's.")
 @click.option("--expect-mask-ap", type=float, help="Mask AP to check against instead of the catalog's.")
 @click.option("--progress/--no-progress", default=None, help="A progress bar (default: when stderr is a terminal).")
-@click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
-              help="Override Detectron test settings, last on the line: --opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
+@opts_option
+@precision_option
+@compile_option
 def command(source: str, coco_root: Optional[Path], annotations: Optional[Path], images: Optional[Path],
-            limit: Optional[int], device: Optional[str], batch_size: int, workers: int, output: Optional[Path],
+            limit: Optional[int], device: str, batch_size: int, workers: int, output: Optional[Path],
             tolerance: float, resume: bool, reference_results: bool, evaluator: str,
             expect_box_ap: Optional[float], expect_mask_ap: Optional[float], progress: Optional[bool],
-            opts) -> None:
+            opts, precision: str, compile_: bool) -> None:
     """Evaluate SOURCE (a model id from `gnconvert list`, or a checkpoint path) on COCO minival.
 
     Prints published vs measured box and mask AP with PASS/FAIL within --tolerance and
     exits non-zero on FAIL; writes Detectron-format results JSON and report.json.
     Many GPUs: torchrun --nproc_per_node K -m gnconvert verify ...
     """
+    from gnconvert.api import resolve_device
     from gnconvert.evaluation import find_layout, run_verify
     from gnconvert.evaluation.distributed import device_for_rank, init_from_env
+    from gnconvert.inference.modes import RunMode
 
+    mode = RunMode.of(precision, compile_)
+    mode.check_device(resolve_device(device))  # before any data is read
     if tolerance < 0:
         raise UsageError(f"--tolerance {tolerance} must be >= 0")
     layout = find_layout(coco_root=coco_root, annotations=annotations, images=images)
@@ -101,10 +107,11 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
 
                 reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
                              "segm": download.fetch(entry.id, "masks")["masks"]}
-        run_verify(_model_loader(source, device_for_rank(device, dist), list(opts)), layout,
+        run_verify(_model_loader(source, device_for_rank(device, dist), list(opts), precision, compile_), layout,
                    output or _default_output(source), source=source, published=published or None,
                    tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
                    evaluator=evaluator, reference=reference,
-                   progress=sys.stderr.isatty() if progress is None else progress, dist=dist, echo=click.echo)
+                   progress=sys.stderr.isatty() if progress is None else progress, dist=dist,
+                   mode=mode.to_dict(), echo=click.echo)
     finally:
         dist.close()

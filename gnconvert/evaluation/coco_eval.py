@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from gnconvert.results import coco_categories
 from gnconvert.errors import UsageError
+from gnconvert.results import coco_categories
 
 EVALUATORS = ("pycocotools", "faster-coco-eval")
 IOU_TYPES = ("bbox", "segm")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from gnconvert.atomic import write_json_atomic
 from gnconvert.evaluation.coco_eval import METRICS
@@ -17,7 +17,7 @@ def verdicts(measured: Dict[str, dict], published: Optional[dict], tolerance: fl
     could not be evaluated (AP over part of minival is not the published AP)."""
     if not published:
         return {"overall": "INCOMPLETE", "missing": missing} if missing else None
-    out: Dict[str, dict] = {}
+    out: Dict[str, Any] = {}
     for t, key in PUBLISHED_KEYS.items():
         if published.get(key) is None or t not in measured:
             continue
@@ -73,6 +73,12 @@ def format_report(report: dict) -> str:
                          f"{c['ours_unmatched']} of ours unmatched")
             lines.append(f"box |diff| px: median {b['median']:.3g}, p99 {b['p99']:.3g}, max {b['max']:.3g}; "
                          f"score |diff|: median {s['median']:.3g}, p99 {s['p99']:.3g}, max {s['max']:.3g}")
+    if report.get("group_norm"):
+        lines.append(f"GroupNorm: {report['group_norm']}")
+    mode = report.get("mode")
+    if mode and not mode["exact"]:
+        lines.append(f"mode: {mode['name']}: a fast mode, not Detectron's exact numerics; these APs measure this "
+                     "mode, the exact conversion is verified without --precision/--compile")
     lines.append(f"{report['timing']['images_per_second']:.2f} images/s; report: {report['files']['report']}")
     return "\n".join(lines)
 

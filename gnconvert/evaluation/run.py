@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -21,9 +21,9 @@ from gnconvert.evaluation.coco_eval import EVALUATORS, CocoEvaluator, backend, l
 from gnconvert.evaluation.coco_layout import CocoLayout
 from gnconvert.evaluation.dataset import image_loader
 from gnconvert.evaluation.distributed import Workers
-from gnconvert.results.partial import PartialResults
 from gnconvert.evaluation.report import IOU_TYPES, format_report, verdicts, write_report
 from gnconvert.results.coco_results import detectron_order, to_results
+from gnconvert.results.partial import PartialResults
 
 
 def _stderr(msg: str) -> None:
@@ -89,7 +89,7 @@ def predict_loop(predictor, todo, workers: Workers, partial: PartialResults, bat
 def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, published: Optional[dict] = None,
                tolerance: float = 0.1, limit: Optional[int] = None, batch_size: int = 1, workers: int = 2,
                resume: bool = False, evaluator: str = "pycocotools", reference: Optional[Dict[str, Path]] = None,
-               progress: bool = True, dist: Optional[Workers] = None,
+               progress: bool = True, dist: Optional[Workers] = None, mode: Optional[Dict[str, Any]] = None,
                echo: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr) -> Optional[dict]:
     """Verify `predictor` on the COCO data of `layout`; returns the report (None on ranks > 0).
 
@@ -99,6 +99,7 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
     `published` is the catalog's {'box_ap', 'mask_ap'}: with it each AP gets PASS/FAIL
     within `tolerance`, and a FAIL raises ParityError after the report is written.
     `reference` is {'bbox': path, 'segm': path} of Detectron's own results files.
+    `mode` is the run mode's `to_dict()` (default: the exact one); a run's results all come from one mode.
     """
     dist = dist or Workers()
     if evaluator not in EVALUATORS:
@@ -106,12 +107,17 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
     if batch_size < 1 or workers < 0:
         raise UsageError("--batch-size must be >= 1 and --workers >= 0")
     output = Path(output)
+    mode = mode or {"precision": "fp32", "compile": False, "exact": True, "name": "fp32"}
     fingerprint = {"source": str(source), "annotations": str(Path(layout.annotations).resolve())}
+    if not mode["exact"]:
+        fingerprint["mode"] = mode["name"]
     partial = PartialResults(output / "partial", fingerprint)
 
     # Rank 0 reads the annotations and any partial results, then tells every rank what to do;
     # an error there reaches every rank instead of leaving them waiting.
-    plan, annotations, done = None, None, {}
+    plan: Any = None
+    annotations: Any = None
+    done: Dict[int, dict] = {}
     if dist.is_main:
         try:
             backend(evaluator)  # a missing optional evaluator fails before any image is run
@@ -136,9 +142,14 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
 
     if mine and not hasattr(predictor, "predict_batch"):
         predictor = predictor()  # a loader: the model is built only once the data checks passed
+    group_norm = None
+    if hasattr(predictor, "network") and getattr(getattr(predictor, "arch", None), "norm", None) == "GN":
+        from gnconvert.model.norm import group_norm_backend
+
+        group_norm = group_norm_backend(predictor.device)
     records, loop_s, predict_s, startup_s = predict_loop(predictor, mine, dist, partial, batch_size, workers,
                                                          progress, warn)
-    gathered = dist.gather({"records": records, "loop_s": loop_s, "predict_s": predict_s, "startup_s": startup_s,
+    gathered: Any = dist.gather({"records": records, "loop_s": loop_s, "predict_s": predict_s, "startup_s": startup_s,
                             "n": len(mine)})
     if not dist.is_main:
         return None
@@ -163,7 +174,7 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
 
     coco = CocoEvaluator(annotations, evaluator)
     evals = {t: coco.evaluate(results[t], t, evaluated) for t in iou_types}
-    metrics = {t: evals[t]["metrics"] for t in iou_types}
+    metrics: Dict[str, Any] = {t: evals[t]["metrics"] for t in iou_types}
 
     ref_report = None
     if reference:
@@ -176,12 +187,12 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
 
     slowest = max(g["loop_s"] for g in gathered)
     n_new = sum(g["n"] for g in gathered)
-    report = {
+    report: Dict[str, Any] = {
         "source": str(source), "dataset": layout.name, "annotations": str(layout.annotations),
         "images": str(layout.images), "limit": limit, "world_size": dist.world_size,
         "images_evaluated": len(evaluated), "images_skipped": len(skipped),
         "skipped": [{"image_id": r["image_id"], "path": r["path"], "error": r["error"]} for r in skipped],
-        "evaluator": evaluator, "tolerance": tolerance, "metrics": metrics,
+        "evaluator": evaluator, "tolerance": tolerance, "metrics": metrics, "group_norm": group_norm, "mode": mode,
         "coco_summary": {t: evals[t]["summary"] for t in iou_types},
         "verdict": verdicts(metrics, published, tolerance, missing=len(skipped) if limit is None else 0),
         "reference": ref_report,

@@ -64,6 +64,9 @@ def export(ckpt, target: str, output, verify: bool = True, reference=None, image
         module.require_onnx()
     paths = output_paths(target, output)
     network = loaded_network(ckpt) if network is None else network
+    if getattr(network, "fast_mode", None):
+        raise UsageError(f"this network was set up for the fast mode {network.fast_mode}; exports carry the "
+                         "exact model: export from the checkpoint (gnconvert export SOURCE), not from a fast model")
     report, verify_seconds = None, 0.0
     with contextlib.ExitStack() as stack:
         temps = [stack.enter_context(writing(p)) for p in paths]

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import List, Optional
 
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
-from gnconvert.results.detections import Detections
 from gnconvert.export.common import BUNDLED_IMAGE
-from gnconvert.export.self_check import image_name, VerifyReport
+from gnconvert.export.self_check import VerifyReport, image_name
 from gnconvert.export.weights_check import check_weights, run_loaded
+from gnconvert.results.detections import Detections
 
 
 def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
-from gnconvert.results.detections import Detections
 from gnconvert.errors import UsageError
 from gnconvert.export.common import BUNDLED_IMAGE, loaded_network, write_file
-from gnconvert.export.self_check import image_name, TOLERANCES, VerifyReport, compare_arrays
+from gnconvert.export.self_check import TOLERANCES, VerifyReport, compare_arrays, image_name
+from gnconvert.model.roi_heads import BoxOutputs
+from gnconvert.results.detections import Detections
 
 OPSET = 17
 LEVELS = (2, 3, 4, 5, 6)
@@ -58,15 +59,6 @@ class _ImageLevel(nn.Module):
         return tuple(features) + tuple(logits) + tuple(deltas)
 
 
-class _BoxHead(nn.Module):
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.box_head, self.box_predictor = network.box_head, network.box_predictor
-
-    def forward(self, roi_features: Tensor) -> Tuple[Tensor, Tensor]:
-        return self.box_predictor(self.box_head(roi_features))
-
-
 def outputs(output) -> List[str]:
     """OUT itself (body + FPN + RPN head) and two siblings named after it (box head, mask head)."""
     output = os.fspath(output)
@@ -83,7 +75,7 @@ def require_onnx() -> None:
                          "install them with: pip install 'gnconvert[onnx]'") from None
 
 
-def _parts(network: nn.Module, arch) -> Dict[str, Tuple[nn.Module, Tensor, List[str], List[str], Dict]]:
+def _parts(network: nn.Module, arch) -> Dict[str, Tuple[Any, Tensor, List[str], List[str], Dict]]:
     import torch
 
     c = arch.fpn_dim
@@ -92,7 +84,7 @@ def _parts(network: nn.Module, arch) -> Dict[str, Tuple[nn.Module, Tensor, List[
     return {
         "image_level": (_ImageLevel(network, arch.coarsest_stride), torch.zeros(1, 3, 128, 192), ["images"],
                         IMAGE_OUTPUTS, image_axes),
-        "box_head": (_BoxHead(network), torch.zeros(2, c, arch.box_roi_resolution, arch.box_roi_resolution),
+        "box_head": (BoxOutputs(network), torch.zeros(2, c, arch.box_roi_resolution, arch.box_roi_resolution),
                      ["roi_features"], ["cls_score", "bbox_pred"],
                      {"roi_features": {0: "rois"}, "cls_score": {0: "rois"}, "bbox_pred": {0: "rois"}}),
         "mask_head": (network.mask_head, torch.zeros(2, c, arch.mask_roi_resolution, arch.mask_roi_resolution),
@@ -125,7 +117,8 @@ def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
     for path, (part, (module, example, inputs, names, axes)) in zip(paths, _parts(network, ckpt.arch).items()):
         buf = io.BytesIO()
         with torch.no_grad():
-            torch.onnx.export(module.eval(), (example,), buf, opset_version=OPSET, dynamo=False,
+            torch.onnx.export(module.eval(), (example,), buf,  # type: ignore[arg-type]  # BytesIO is accepted
+                              opset_version=OPSET, dynamo=False,
                               input_names=inputs, output_names=names, dynamic_axes=axes)
         model = onnx.load_from_string(buf.getvalue())
         for key, value in _metadata(ckpt, part).items():

@@ -20,14 +20,14 @@ could not load.
 from __future__ import annotations
 
 import json
-
-import numpy as np
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
-from gnconvert.results.detections import Detections
 from gnconvert.export.common import BUNDLED_IMAGE, loaded_network, write_file
-from gnconvert.export.self_check import image_name, VerifyReport, compare_detections, reference_detections
+from gnconvert.export.self_check import VerifyReport, compare_detections, image_name, reference_detections
+from gnconvert.results.detections import Detections
 
 INPUT = "(H, W, 3) uint8 BGR image tensor, as cv2.imread gives it"
 LOADING = """This is a TorchScript archive of Detectron's Mask R-CNN test pipeline (gnconvert export).

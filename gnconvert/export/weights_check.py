@@ -7,9 +7,9 @@ import numpy as np
 
 from gnconvert.architecture import Architecture
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
-from gnconvert.results.detections import Detections
 from gnconvert.export.common import loaded_network
 from gnconvert.export.self_check import VerifyReport, compare_detections, reference_detections
+from gnconvert.results.detections import Detections
 
 
 def check_weights(report: VerifyReport, ckpt: ConvertedCheckpoint, loaded: Mapping[str, np.ndarray]) -> None:

@@ -11,12 +11,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
-from gnconvert.results.detections import Detections
 from gnconvert.errors import ParityError
+from gnconvert.results.detections import Detections
 
 # TAG -> (inventory / architecture name, depth, flavour)
 TAG_ARCHITECTURES = {
@@ -64,18 +64,28 @@ def detections_from_json(entry: dict) -> Detections:
     )
 
 
+def records(folder: Path, tag: str) -> Dict[str, dict]:
+    """image name -> its raw entry in `detectron/TAG.json` (image_shape, detections, seconds)."""
+    path = Path(folder) / "detectron" / f"{tag}.json"
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ParityError(f"reference file {path} cannot be read ({e}); restore it from the golden folder") from e
+
+
+def record(folder: Path, tag: str, image: str) -> dict:
+    data = records(folder, tag)
+    if image not in data:
+        raise ParityError(f"reference {Path(folder) / 'detectron' / f'{tag}.json'} has no image {image!r}; "
+                          f"it holds {sorted(data)}")
+    return data[image]
+
+
 def load(folder: Path, tag: str, image: str, intermediates: bool = True) -> GoldenImage:
     """Reference detections (and intermediates, if present) for one image of one run."""
     folder = Path(folder)
-    path = folder / "detectron" / f"{tag}.json"
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ParityError(f"reference file {path} cannot be read ({e}); restore it from the golden folder") from e
-    if image not in data:
-        raise ParityError(f"reference {path} has no image {image!r}; it holds {sorted(data)}")
-    entry = data[image]
+    entry = record(folder, tag, image)
     golden = GoldenImage(
         tag=tag,
         image=image,

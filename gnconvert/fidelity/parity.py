@@ -1,9 +1,6 @@
-"""Is a port's output Detectron's?  Matching, per-stage comparison, a report, a verdict.
+"""Is a port's output Detectron's?  Per-stage comparison, the noise floor, a report, a verdict.
 
-The criteria are the golden README's "how close is close": at least 99% of
-Detectron's detections matched by one of ours with the same class, box IoU >= 0.99
-and |score difference| <= 1e-3; no more than 1% of ours unmatched; mask IoU
->= 0.97 for every matched pair.  Intermediates before any decision (the input
+Detections are matched by `matching` (the golden README's criteria).  Intermediates before any decision (the input
 blob, the FPN maps) must agree within float32 noise; after a decision (top-k,
 NMS) a near-tie may legitimately reorder or swap members, so proposal and RoI
 sets are compared by matching boxes, and per-RoI outputs on the matched RoIs.
@@ -24,113 +21,21 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from pycocotools import mask as mask_util
 
+from gnconvert.fidelity.matching import (
+    BOX_IOU,
+    MASK_IOU,
+    MAX_EXTRA,
+    MIN_MATCHED,
+    SCORE_TOL,
+    DetectionMatch,
+    box_iou,
+    match_detections,
+)
+from gnconvert.fidelity.stage_run import StageRun
 from gnconvert.results.detections import Detections
 
-MIN_MATCHED = 0.99
-MAX_EXTRA = 0.01
-BOX_IOU = 0.99
-SCORE_TOL = 1e-3
-MASK_IOU = 0.97
 MAP_REL_TOL = 2e-4  # float32 noise on a feature map, relative to its largest magnitude (seen: <= 6e-5)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) IoU with Detectron's "+1" sides, so sub-pixel and zero-width boxes
-    (which these seeded models produce) still compare; sides below zero count as 0."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    wa = np.clip(a[:, 2] - a[:, 0] + 1, 0, None)
-    ha = np.clip(a[:, 3] - a[:, 1] + 1, 0, None)
-    wb = np.clip(b[:, 2] - b[:, 0] + 1, 0, None)
-    hb = np.clip(b[:, 3] - b[:, 1] + 1, 0, None)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1, 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1, 0, None)
-    inter = iw * ih
-    union = (wa * ha)[:, None] + (wb * hb)[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-    # identical degenerate boxes (no "+1" area at all) still match each other
-    same = np.all(np.abs(a[:, None, :] - b[None, :, :]) <= 1e-3, axis=2)
-    return np.where(same, 1.0, iou)
-
-
-def _rle_bytes(rle: dict) -> dict:
-    c = rle["counts"]
-    return dict(rle, counts=c.encode("ascii") if isinstance(c, str) else c)
-
-
-def mask_iou(a: dict, b: dict) -> float:
-    """IoU of two RLEs; two empty masks agree (1.0)."""
-    ra, rb = _rle_bytes(a), _rle_bytes(b)
-    union = mask_util.area(mask_util.merge([ra, rb], intersect=False))
-    if union == 0:
-        return 1.0
-    return float(mask_util.iou([ra], [rb], [0])[0, 0])
-
-
-@dataclass
-class DetectionMatch:
-    pairs: List[Tuple[int, int]]  # (reference index, our index)
-    num_reference: int
-    num_ours: int
-    worst_box_iou: float = 1.0
-    worst_score_diff: float = 0.0
-    worst_mask_iou: Optional[float] = None
-
-    @property
-    def matched_fraction(self) -> float:
-        return len(self.pairs) / self.num_reference if self.num_reference else 1.0
-
-    @property
-    def extra(self) -> int:
-        return self.num_ours - len(self.pairs)
-
-    @property
-    def extra_fraction(self) -> float:
-        return self.extra / max(self.num_reference, 1) if self.num_ours else 0.0
-
-    @property
-    def passed(self) -> bool:
-        masks_ok = self.worst_mask_iou is None or self.worst_mask_iou >= MASK_IOU
-        return self.matched_fraction >= MIN_MATCHED and self.extra_fraction <= MAX_EXTRA and masks_ok
-
-
-def match_detections(
-    reference: Detections, ours: Detections, masks: bool = True, min_iou: float = BOX_IOU, score_tol: float = SCORE_TOL
-) -> DetectionMatch:
-    """Greedy one-to-one matching, best box IoU first: same class, IoU >= min_iou,
-    |score difference| <= score_tol (the README's criteria by default)."""
-    nr, no = len(reference), len(ours)
-    result = DetectionMatch(pairs=[], num_reference=nr, num_ours=no)
-    if nr == 0 or no == 0:
-        return result
-    iou = box_iou(reference.boxes, ours.boxes)
-    ok = (
-        (reference.classes[:, None] == ours.classes[None, :])
-        & (iou >= min_iou)
-        & (np.abs(reference.scores[:, None].astype(np.float64) - ours.scores[None, :]) <= score_tol)
-    )
-    cand = np.argwhere(ok)
-    # best IoU, then closest score first; ties by reference order
-    key = [(-iou[i, j], abs(float(reference.scores[i]) - float(ours.scores[j])), i, j) for i, j in cand]
-    used_r, used_o = set(), set()
-    for _, _, i, j in sorted(key):
-        if i in used_r or j in used_o:
-            continue
-        used_r.add(i)
-        used_o.add(j)
-        result.pairs.append((int(i), int(j)))
-    result.pairs.sort()
-    if result.pairs:
-        result.worst_box_iou = float(min(iou[i, j] for i, j in result.pairs))
-        result.worst_score_diff = float(
-            max(abs(float(reference.scores[i]) - float(ours.scores[j])) for i, j in result.pairs)
-        )
-        if masks and reference.masks_rle and ours.masks_rle:
-            result.worst_mask_iou = min(mask_iou(reference.masks_rle[i], ours.masks_rle[j]) for i, j in result.pairs)
-    return result
 
 
 # --------------------------------------------------------------------------- stages
@@ -142,7 +47,8 @@ class StageResult:
     decision: bool = False  # a top-k/NMS decision sits before it: reported, not judged by exact values
 
 
-def _rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref| as a fraction of max |ref|: float noise on a map, whatever its scale."""
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     err = float(np.abs(ours.astype(np.float64) - ref).max()) if ref.size else 0.0
     return err / scale if scale > 0 else err
@@ -156,7 +62,7 @@ def _compare_map(name: str, ours, ref, tol: float = MAP_REL_TOL) -> StageResult:
     if ours.dtype.kind in "iu":
         same = bool(np.array_equal(ours, ref))
         return StageResult(name, same, "identical" if same else f"{ours.tolist()} != {ref.tolist()}")
-    rel = _rel_error(ours, ref)
+    rel = relative_error(ours, ref)
     return StageResult(name, rel <= tol, f"max error {rel:.2e} of max |value| (tol {tol:.0e})")
 
 
@@ -209,131 +115,19 @@ def compare_stages(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> L
             hit = best >= 0
             for key in ("cls_prob", "bbox_pred"):
                 if key in ref and key in ours and hit.any():
-                    rel = _rel_error(ours[key][best[hit]], ref[key][hit])
-                    out.append(StageResult(key, rel <= 1e-2, f"on {int(hit.sum())} matched RoIs: max error {rel:.2e} of max |value|", decision=True))
+                    rel = relative_error(ours[key][best[hit]], ref[key][hit])
+                    detail = f"on {int(hit.sum())} matched RoIs: max error {rel:.2e} of max |value|"
+                    out.append(StageResult(key, rel <= 1e-2, detail, decision=True))
     return out
 
 
-def compare_masks(ours_probs: np.ndarray, ref_probs: np.ndarray, match: DetectionMatch) -> Optional[StageResult]:
+def compare_masks(ours_probs: Optional[np.ndarray], ref_probs: np.ndarray, match: DetectionMatch) -> Optional[StageResult]:
     if ours_probs is None or not match.pairs:
         return None
     r = np.array([i for i, _ in match.pairs])
     o = np.array([j for _, j in match.pairs])
     err = float(np.abs(ours_probs[o].astype(np.float64) - ref_probs[r]).max())
     return StageResult("mask_probs", err <= 1e-2, f"on {len(r)} matched detections: max abs error {err:.2e}", decision=True)
-
-
-# --------------------------------------------------------------------------- stage runs
-class StageRun:
-    """One image through a `Detector`, stage by stage, keeping what Detectron's golden files
-    hold under the same names (im_info, data_shape, data_crop, pK_shape/_channel_mean/_crop,
-    rpn_rois_fpnK, rpn_roi_probs_fpnK, rois, cls_prob, bbox_pred, mask_rois, mask_probs).
-
-    Any later stage can be fed Detectron's own input instead of ours (`rois=`, `boxes=`),
-    so each stage is judged on its own.
-    """
-
-    def __init__(self, detector, image):
-        import torch
-
-        from gnconvert.inference.detector import exact_fp32
-        from gnconvert.inference.preprocess import load_image
-
-        self.detector = detector
-        im = torch.from_numpy(load_image(image)).to(detector.device)
-        self.image_size = (int(im.shape[0]), int(im.shape[1]))
-        with torch.no_grad(), exact_fp32():
-            self.data, self.im_info, self.scale = detector.input_blob(im)
-            feats, logits, deltas = detector.features(self.data)
-        self._set_features(feats, logits, deltas)
-
-    def with_features(self, feats) -> "StageRun":
-        """The same image with other FPN maps (the noise floor's perturbed ones); the RPN head reruns."""
-        import copy
-
-        import torch
-
-        from gnconvert.inference.detector import exact_fp32
-
-        other = copy.copy(self)
-        with torch.no_grad(), exact_fp32():
-            logits, deltas = self.detector.network.rpn_head(feats)
-        other._set_features(feats, logits, deltas)
-        return other
-
-    def _set_features(self, feats, logits, deltas) -> None:
-        self.feats = feats
-        self.logits = [x[0] for x in logits]
-        self.deltas = [x[0] for x in deltas]
-        first = self.detector.rpn_min_level
-        self.intermediates: Dict[str, np.ndarray] = {
-            "im_info": _np(self.im_info).reshape(1, 3),
-            "data_shape": np.array(self.data.shape, dtype=np.int64),
-            "data_crop": _np(self.data[0, :, :32, :32]),
-        }
-        for k, f in enumerate(self.feats, start=first):
-            self.intermediates[f"p{k}_shape"] = np.array(f.shape, dtype=np.int64)
-            self.intermediates[f"p{k}_channel_mean"] = _np(f[0].mean(dim=(1, 2)))
-            self.intermediates[f"p{k}_crop"] = _np(f[0, :8, :16, :16])
-
-    def boxes(self, rois: Optional[np.ndarray] = None) -> Detections:
-        """Proposals, box head and box results (no masks); `rois` (R, 5) replaces our RoIs."""
-        import torch
-
-        from gnconvert.inference.detector import exact_fp32
-
-        det, inter = self.detector, self.intermediates
-        with torch.no_grad(), exact_fp32():
-            padded = (int(self.data.shape[2]), int(self.data.shape[3]))
-            level_boxes, level_scores = det.proposals(self.logits, self.deltas, self.im_info, padded)
-            for k, (b, p) in enumerate(zip(level_boxes, level_scores), start=det.rpn_min_level):
-                inter[f"rpn_rois_fpn{k}"] = _with_batch_column(b)
-                inter[f"rpn_roi_probs_fpn{k}"] = _np(p).reshape(-1, 1)
-            ours = det.collect(level_boxes, level_scores)
-            if rois is not None:
-                ours = torch.as_tensor(np.asarray(rois, np.float32)[:, 1:5], device=ours.device)
-            cls_prob, bbox_pred = det.box_head(self.feats, ours)
-            boxes, scores, classes = det.box_results(ours, cls_prob, bbox_pred, self.scale, *self.image_size)
-        inter["rois"] = _with_batch_column(ours)
-        inter["cls_prob"] = _np(cls_prob)
-        inter["bbox_pred"] = _np(bbox_pred)
-        return Detections(boxes=_np(boxes).reshape(-1, 4), scores=_np(scores), classes=_np(classes),
-                          image_size=self.image_size)
-
-    def masks(self, detections: Detections) -> Detections:
-        """Mask head and paste for these final boxes (ours, or Detectron's): a copy with RLE masks."""
-        import dataclasses
-
-        import torch
-
-        from gnconvert.inference import rle
-        from gnconvert.inference.detector import exact_fp32
-        from gnconvert.inference.mask_postprocess import mask_rois
-
-        det = self.detector
-        with torch.no_grad(), exact_fp32():
-            boxes = torch.as_tensor(np.asarray(detections.boxes, np.float32), device=det.device).reshape(-1, 4)
-            classes = torch.as_tensor(np.asarray(detections.classes, np.int64), device=det.device)
-            probs = det.mask_head(self.feats, boxes, classes, self.scale)
-            crops, starts = det.paste(probs, boxes, *self.image_size)
-        self.intermediates["mask_rois"] = _with_batch_column(mask_rois(boxes, self.scale))
-        self.intermediates["mask_probs"] = _np(probs)
-        return dataclasses.replace(
-            detections, mask_probs=_np(probs),
-            masks_rle=rle.encode([_np(c) for c in crops], _np(starts), self.image_size), masks=None, timings={})
-
-    def detections(self) -> Detections:
-        """The free run: our own input to every stage."""
-        return self.masks(self.boxes())
-
-
-def _np(t) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def _with_batch_column(boxes) -> np.ndarray:
-    b = _np(boxes).astype(np.float32).reshape(-1, 4)
-    return np.hstack([np.zeros((b.shape[0], 1), np.float32), b])
 
 
 # --------------------------------------------------------------------------- noise floor
@@ -438,12 +232,14 @@ class ParityReport:
         m = self.match
         lines = [f"== {self.tag} / {self.image}: {self.verdict}"]
         lines.append(
-            f"  detections: {len(m.pairs)}/{m.num_reference} of Detectron's matched ({100 * m.matched_fraction:.1f}%, need >= {100 * MIN_MATCHED:.0f}%), "
+            f"  detections: {len(m.pairs)}/{m.num_reference} of Detectron's matched ({100 * m.matched_fraction:.1f}%, "
+            f"need >= {100 * MIN_MATCHED:.0f}%), "
             f"{m.extra} extra of {m.num_ours} ({100 * m.extra_fraction:.1f}%, max {100 * MAX_EXTRA:.0f}%)"
         )
         mask = "n/a" if m.worst_mask_iou is None else f"{m.worst_mask_iou:.4f}"
         lines.append(
-            f"  worst matched: box IoU {m.worst_box_iou:.5f} (>= {BOX_IOU}), score diff {m.worst_score_diff:.2e} (<= {SCORE_TOL:.0e}), mask IoU {mask} (>= {MASK_IOU})"
+            f"  worst matched: box IoU {m.worst_box_iou:.5f} (>= {BOX_IOU}), score diff {m.worst_score_diff:.2e} "
+            f"(<= {SCORE_TOL:.0e}), mask IoU {mask} (>= {MASK_IOU})"
         )
         if self.noise is not None:
             lines.append("  " + self.noise.format())

@@ -13,7 +13,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from gnconvert.fidelity.mode_fidelity import ModeFidelity
+    from gnconvert.fidelity.parity import ParityReport
+    from gnconvert.inference.modes import RunMode
 
 BUNDLE = Path(__file__).resolve().parents[1] / "data" / "selftest"
 TAG = "R-50-FPN-GN_seed1"
@@ -24,9 +29,10 @@ SEED = 1
 
 @dataclass
 class SelftestResult:
-    report: "object"  # parity.ParityReport
+    report: ParityReport
     steps: Dict[str, float] = field(default_factory=dict)  # step -> seconds
     facts: List[str] = field(default_factory=list)
+    fast: Optional[ModeFidelity] = None  # the asked-for fast mode's measured fidelity
 
     @property
     def passed(self) -> bool:
@@ -37,24 +43,35 @@ class SelftestResult:
         lines += [f"  {f}" for f in self.facts]
         lines.append("  steps: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.steps.items()))
         lines.append(self.report.format())
+        if self.fast is not None:
+            lines.append(f"fast mode (informational; the verdict is the exact mode's): {self.fast.format()}")
+            lines.append(f"  time on {IMAGE}: {self.fast.images[0].seconds:.2f}s in {self.fast.mode} "
+                         f"(first call, compilation included if compiled) vs "
+                         f"{self.report.timings.get('predict', float('nan')):.2f}s exact")
         lines.append("selftest PASSED" if self.passed else "selftest FAILED: the converted model does not reproduce Detectron")
         return "\n".join(lines)
 
 
 def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str], None] = lambda s: None,
-        bundle: Path = BUNDLE) -> SelftestResult:
-    """Build, convert, run and compare; returns the result (never raises on a parity mismatch)."""
-    from gnconvert.fidelity import golden_format, parity, seeded
+        bundle: Path = BUNDLE, mode: Optional[RunMode] = None) -> SelftestResult:
+    """Build, convert, run and compare; returns the result (never raises on a parity mismatch).
+
+    With a fast `mode`, the same converted model also runs in that mode and its fidelity to
+    Detectron's outputs is measured (`mode_fidelity`); the verdict stays the exact mode's."""
     from gnconvert.api import build_model, resolve_device
-    from gnconvert.atomic import output_error
-    from gnconvert.errors import UsageError
     from gnconvert.architecture import architecture_from_cfg
+    from gnconvert.atomic import output_error
     from gnconvert.checkpoint.converted import save_converted
     from gnconvert.checkpoint.detectron_cfg import parse_detectron_cfg
     from gnconvert.checkpoint.py2_pickle import write_detectron_pickle
     from gnconvert.checkpoint.sources import load_source
+    from gnconvert.errors import UsageError
+    from gnconvert.fidelity import golden_format, parity, seeded
+    from gnconvert.model.norm import group_norm_backend
 
     dev = resolve_device(device)
+    if mode is not None:
+        mode.check_device(dev)
     if workdir is not None:
         if not os.path.isdir(workdir):
             raise UsageError(f"--workdir {workdir} is not an existing folder; create it or leave --workdir out")
@@ -93,11 +110,21 @@ def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str],
         done()
 
         done = step("load converted .safetensors")
-        model = build_model(load_source(st), dev)
+        converted = load_source(st)
+        model = build_model(converted, dev)
+        facts.append(f"GroupNorm: {group_norm_backend(dev)}")
         done()
 
     done = step(f"predict {IMAGE} on {dev}")
     reference = golden_format.load(bundle, TAG, IMAGE)
     report = parity.check_image(model, reference, str(bundle / "images" / IMAGE))
     done()
-    return SelftestResult(report=report, steps=steps, facts=facts)
+    fast = None
+    if mode is not None and not mode.exact:
+        from gnconvert.fidelity import mode_fidelity
+
+        del model
+        done = step(f"predict {IMAGE} in {mode.name} on {dev}")
+        fast = mode_fidelity.measure(build_model(converted, dev, mode), bundle, TAG, [IMAGE])
+        done()
+    return SelftestResult(report=report, steps=steps, facts=facts, fast=fast)

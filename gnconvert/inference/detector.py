@@ -29,9 +29,8 @@ final detections, each forced by a data-dependent size or decision:
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 from gnconvert.architecture import Architecture, Kind
 from gnconvert.inference import box_postprocess, mask_postprocess, preprocess, proposals, roi_levels
 from gnconvert.inference.anchors import cell_anchors
+from gnconvert.inference.modes import EXACT, FastNetwork, exact_fp32
 
 OUTPUTS = {
     "boxes": "(N, 4) float32 x1, y1, x2, y2 in original-image pixels (Detectron's inclusive convention)",
@@ -47,19 +47,6 @@ OUTPUTS = {
     "mask_probs": "(N, 28, 28) float32 sigmoid of each detection's own class",
     "masks": "(N, H, W) uint8 binary masks pasted into the image (Detectron's segm_results)",
 }
-
-
-@contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """float32 convolutions and matmuls as float32, not TF32 (PyTorch lets cuDNN use TF32 by
-    default, which moves CUDA results by ~1e-3 before GroupNorm is even reached)."""
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 class _Clock:
@@ -87,6 +74,7 @@ class Detector(nn.Module):
     """
 
     __jit_unused_properties__ = ["device"]
+    __jit_ignored_attributes__ = ["mode", "_fast"]
 
     def __init__(self, network: nn.Module, arch: Architecture):
         super().__init__()
@@ -95,6 +83,8 @@ class Detector(nn.Module):
         t = arch.test
         self.network = network
         self.arch = arch
+        self.mode = EXACT  # how the network parts run (gnconvert.inference.modes)
+        self._fast: Optional[FastNetwork] = None  # their runner in a fast mode
         levels = range(arch.rpn_min_level, arch.rpn_max_level + 1)
         anchors = [torch.from_numpy(cell_anchors(2**k, arch.anchor_start_size * 2.0 ** (k - arch.rpn_min_level),
                                                  arch.aspect_ratios)) for k in levels]
@@ -130,6 +120,20 @@ class Detector(nn.Module):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    @torch.jit.unused
+    def set_mode(self, mode):
+        """Run the network parts in `mode` (a `modes.RunMode`), once, on the final device; the
+        exact mode is the default and leaves everything as it is."""
+        from gnconvert.errors import UsageError
+
+        if not self.mode.exact:
+            raise UsageError(f"this Detector already runs in {self.mode.name}; load the model again for another mode")
+        mode.check_device(self.device)
+        self.mode = mode
+        if not mode.exact:
+            self._fast = FastNetwork(self.network, mode, self.device)
+        return self
+
     # ------------------------------------------------------------------ stages
     def input_blob(self, image: Tensor) -> Tuple[Tensor, Tensor, float]:
         """(H, W, 3) uint8 BGR -> (1, 3, H_pad, W_pad) input, im_info (3,), the float64 scale."""
@@ -137,6 +141,9 @@ class Detector(nn.Module):
 
     def features(self, data: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """The image-level network: (N, 3, H, W) -> P2..P6, RPN logits (N, A, h, w), deltas (N, 4A, h, w)."""
+        if not torch.jit.is_scripting():
+            if self._fast is not None:
+                return self._fast.image_level(data)
         return self.network(data)
 
     def proposals(self, logits: List[Tensor], deltas: List[Tensor], im_info: Tensor,
@@ -169,8 +176,14 @@ class Detector(nn.Module):
         x = self._pool(feats, rois, self.box_resolution, self.box_sampling_ratio)
         if rois.shape[0] == 0:  # nothing survived the RPN: no detections, no crash
             return x.new_zeros((0, self.num_classes)), x.new_zeros((0, 4 * self.num_classes))
-        cls_score, bbox_pred = self.network.box_predictor(self.network.box_head(x))
+        cls_score, bbox_pred = self._box_outputs(x)
         return torch.softmax(cls_score, dim=1), bbox_pred
+
+    def _box_outputs(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        if not torch.jit.is_scripting():
+            if self._fast is not None:
+                return self._fast.box(x)
+        return self.network.box_predictor(self.network.box_head(x))
 
     def box_results(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, scale: float, height: int,
                     width: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -188,7 +201,13 @@ class Detector(nn.Module):
             return torch.zeros((0, m, m), dtype=torch.float32, device=boxes.device)
         x = self._pool(feats, mask_postprocess.mask_rois(boxes, scale), self.mask_roi_resolution,
                        self.mask_sampling_ratio)
-        return mask_postprocess.class_probs(self.network.mask_head(x), classes)
+        return mask_postprocess.class_probs(self._mask_logits(x), classes)
+
+    def _mask_logits(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if self._fast is not None:
+                return self._fast.mask(x)
+        return self.network.mask_head(x)
 
     def paste(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tuple[List[Tensor], Tensor]:
         """Detectron's segm_results: each mask's binary crop inside the image and where it starts (y, x)."""
@@ -244,7 +263,7 @@ class Detector(nn.Module):
                 prepared.append((bgr.shape[0], bgr.shape[1], data, im_info, scale, clock))
             groups: Dict[Tuple[int, int], List[int]] = {}
             for i, p in enumerate(prepared):
-                groups.setdefault(tuple(p[2].shape[2:]), []).append(i)
+                groups.setdefault((int(p[2].shape[2]), int(p[2].shape[3])), []).append(i)
             results: List[Optional[object]] = [None] * len(prepared)
             for idxs in groups.values():
                 clock = _Clock(dev)
@@ -262,8 +281,8 @@ class Detector(nn.Module):
     @torch.jit.unused
     def _heads(self, feats, logits, deltas, im_info, padded_size, scale, height, width, masks, dense_masks,
                clock: _Clock):
-        from gnconvert.results.detections import Detections
         from gnconvert.inference import rle
+        from gnconvert.results.detections import Detections
 
         level_boxes, level_scores = self.proposals(logits, deltas, im_info, padded_size)
         rois = self.collect(level_boxes, level_scores)

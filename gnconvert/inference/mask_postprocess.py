@@ -23,6 +23,7 @@ from torch import Tensor
 
 from gnconvert.inference.cv2_resize import resize_each_above
 
+
 def mask_rois(boxes: Tensor, im_scale: float) -> Tensor:
     """Final boxes (N, 4) in original pixels -> network-input pixels, Detectron's rounding."""
     return (boxes.to(torch.float64) * im_scale).to(torch.float32)

@@ -21,13 +21,14 @@ lengths, and one convergence test per round.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 from torch import Tensor
 
 from gnconvert.inference import sorting
 from gnconvert.inference.boxes import pairwise_overlap_between
+
 
 def _settle(src: Tensor, dst: Tensor, n: int) -> Tensor:
     """Edges src -> dst (src visited first, suppresses dst) among n candidates -> kept (n,) bool."""

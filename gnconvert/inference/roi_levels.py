@@ -11,11 +11,17 @@ Degenerate RoIs: Detectron asserts (and crashes) on a negative "+1" area, which 
 final box narrower than a pixel gets once scaled up for the mask head.  Here such
 an area counts as 0, so the RoI goes to the finest level; RoIAlign itself treats
 it as a 1x1-pixel box, as Caffe2 would.
+
+torchvision's CPU RoIAlign runs on one core; each RoI is pooled on its own, so on the CPU the
+RoIs are split into one chunk per thread and pooled side by side (threads in Python, which the
+op leaves for its C++ loop; `torch.jit.fork` when scripted).  The result is the same to the bit.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import List
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Tuple
 
 import torch
 from torchvision.ops import roi_align
@@ -47,12 +53,61 @@ def multilevel_roi_align(
     channels = features[0].shape[1]
     out = features[0].new_zeros((num_rois, channels, resolution, resolution))
     rois = torch.cat([boxes.new_zeros((num_rois, 1)), boxes], dim=1)
-    for i, feat in enumerate(features):
+    threads = _cpu_threads() if boxes.device.type == "cpu" else 1
+    min_chunk = 64  # RoIs: below this a chunk is not worth a thread
+    jobs: List[Tuple[int, torch.Tensor]] = []  # (level index, the RoIs' indices)
+    for i in range(len(features)):
         idx = torch.nonzero(levels == min_level + i).reshape(-1)
-        if idx.numel() == 0:
+        n = idx.numel()
+        if n == 0:
             continue
-        scale = 1.0 / math.pow(2.0, min_level + i)
-        out[idx] = roi_align(
-            feat, rois[idx], (resolution, resolution), spatial_scale=scale, sampling_ratio=sampling_ratio, aligned=False
-        )
+        chunks = max(1, min(threads, n // min_chunk))
+        for part in idx.chunk(chunks):
+            jobs.append((i, part))
+    if len(jobs) > 1 and threads > 1:
+        pooled = _pool_in_parallel(features, rois, jobs, min_level, resolution, sampling_ratio)
+    else:
+        pooled = [_pool(features[i], rois[idx], min_level + i, resolution, sampling_ratio) for i, idx in jobs]
+    for (_, idx), p in zip(jobs, pooled):
+        out[idx] = p
     return out
+
+
+def _cpu_threads() -> int:
+    threads = 2  # scripted: chunks go to the inter-op pool (torch.jit.fork), two is enough to overlap
+    if not torch.jit.is_scripting():
+        threads = _intra_op_threads()
+    return threads
+
+
+@torch.jit.unused
+def _intra_op_threads() -> int:
+    return torch.get_num_threads()
+
+
+def _pool(feat: torch.Tensor, rois: torch.Tensor, level: int, resolution: int, sampling_ratio: int) -> torch.Tensor:
+    scale = 1.0 / math.pow(2.0, level)
+    return roi_align(feat, rois, (resolution, resolution), spatial_scale=scale, sampling_ratio=sampling_ratio,
+                     aligned=False)
+
+
+def _pool_in_parallel(features: List[torch.Tensor], rois: torch.Tensor, jobs: List[Tuple[int, torch.Tensor]],
+                      min_level: int, resolution: int, sampling_ratio: int) -> List[torch.Tensor]:
+    if torch.jit.is_scripting():
+        futures = [torch.jit.fork(_pool, features[i], rois[idx], min_level + i, resolution, sampling_ratio)
+                   for i, idx in jobs]
+        return [torch.jit.wait(f) for f in futures]
+    return _pool_in_threads(features, rois, jobs, min_level, resolution, sampling_ratio)
+
+
+@torch.jit.unused
+def _pool_in_threads(features: List[torch.Tensor], rois: torch.Tensor, jobs: List[Tuple[int, torch.Tensor]],
+                     min_level: int, resolution: int, sampling_ratio: int) -> List[torch.Tensor]:
+    pool = _executor(torch.get_num_threads())
+    return list(pool.map(lambda job: _pool(features[job[0]], rois[job[1]], min_level + job[0], resolution,
+                                           sampling_ratio), jobs))
+
+
+@functools.lru_cache(maxsize=4)
+def _executor(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gnconvert-roi-align")

@@ -7,13 +7,14 @@ subsampled by 2 (Detectron's 1x1 max-pool of stride 2).  No ReLU anywhere.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnconvert.architecture import Architecture
 from gnconvert.model.norm import ConvNorm
+
 
 def upsample_nearest_2x(x: Tensor) -> Tensor:
     """Output pixel (y, x) = input pixel (y // 2, x // 2), like Caffe2's UpsampleNearest."""
@@ -23,7 +24,7 @@ def upsample_nearest_2x(x: Tensor) -> Tensor:
 class FPN(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
-        kw = dict(norm=arch.fpn_norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
+        kw: Dict[str, Any] = dict(norm=arch.fpn_norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
         dim = arch.fpn_dim
         res2, res3, res4, res5 = (s.out for s in arch.stages)
         self.lateral2 = ConvNorm(res2, dim, 1, **kw)

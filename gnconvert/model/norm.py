@@ -24,13 +24,25 @@ from gnconvert.architecture import AFFINE, GN, Norm
 NONE = Norm.NONE
 
 
-@functools.lru_cache(maxsize=None)
+_KERNEL_IMPORT_ERROR: list = []
+
+
+@functools.cache
 def _fused_kernel_module():
-    """The module `kernels.group_norm` (the package re-exports a function of that name)."""
+    """The module `gnconvert.kernels.group_norm` (the package re-exports a function of that name)."""
     try:
         return importlib.import_module("gnconvert.kernels.group_norm")
-    except ImportError:
+    except ImportError as e:
+        _KERNEL_IMPORT_ERROR.append(f"{type(e).__name__}: {e}")
         return None
+
+
+def group_norm_backend(device) -> str:
+    """Which GroupNorm a GN model runs on `device`: the fused Triton kernel, or PyTorch's and why."""
+    fused = _fused_kernel_module()
+    if fused is None:
+        return f"torch (F.group_norm: gnconvert.kernels could not be imported: {_KERNEL_IMPORT_ERROR[-1]})"
+    return fused.backend(device)
 
 
 def _use_fused_kernel(x: Tensor) -> bool:
@@ -90,7 +102,8 @@ class AffineChannel(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
-        y = x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # in x's dtype: under bf16 autocast, float32 parameters would promote the whole map
+        y = x * self.weight.to(x.dtype).view(1, -1, 1, 1) + self.bias.to(x.dtype).view(1, -1, 1, 1)
         return _finish(y, residual, relu)
 
     def extra_repr(self) -> str:

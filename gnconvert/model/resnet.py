@@ -10,13 +10,14 @@ halve the resolution in their first block.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnconvert.architecture import Architecture
 from gnconvert.model.norm import ConvNorm, make_norm
+
 
 class Stem(nn.Module):
     """conv1 7x7/2 -> norm -> ReLU -> max-pool 3x3/2 (pad 1)."""
@@ -63,7 +64,8 @@ class ResNetBody(nn.Module):
 
     def __init__(self, arch: Architecture):
         super().__init__()
-        kw = dict(stride_in_1x1=arch.stride_in_1x1, norm=arch.norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
+        kw: Dict[str, Any] = dict(stride_in_1x1=arch.stride_in_1x1, norm=arch.norm, num_groups=arch.gn_groups,
+                                  eps=arch.gn_eps)
         self.stem = Stem(arch.norm, arch.gn_groups, arch.gn_eps)
         in_channels = 64
         for spec in arch.stages:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ class ConvFCBoxHead(nn.Sequential):
     """
 
     def __init__(self, arch: Architecture):
-        layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
         dim_in = arch.fpn_dim
         for i in range(1, arch.box_head_num_convs + 1):
             layers[f"conv{i}"] = ConvNorm(dim_in, arch.box_head_conv_dim, 3, norm=GN, num_groups=arch.gn_groups,
@@ -64,7 +64,7 @@ class MaskHead(nn.Module):
         super().__init__()
         norm = GN if arch.mask_head == MaskHeadType.CONVS_GN else NONE
         dim_in, dim = arch.fpn_dim, arch.mask_dim
-        kw = dict(norm=norm, num_groups=arch.gn_groups, eps=arch.gn_eps, relu=True)
+        kw: Dict[str, Any] = dict(norm=norm, num_groups=arch.gn_groups, eps=arch.gn_eps, relu=True)
         self.fcn1 = ConvNorm(dim_in, dim, 3, **kw)
         self.fcn2 = ConvNorm(dim, dim, 3, **kw)
         self.fcn3 = ConvNorm(dim, dim, 3, **kw)
@@ -84,3 +84,15 @@ def build_box_head(arch: Architecture) -> nn.Module:
     if arch.box_head == BoxHeadType.TWO_FC:
         return MLPBoxHead(arch)
     raise ValueError(f"unknown box head {arch.box_head!r}")
+
+
+class BoxOutputs(nn.Module):
+    """A network's box head and box predictor as one module (RoI features -> class logits, box
+    deltas): what compiles as one graph in a fast mode and exports as one ONNX file."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.box_head, self.box_predictor = network.box_head, network.box_predictor
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.box_predictor(self.box_head(x))

@@ -86,5 +86,5 @@ def from_results(bbox_entries: List[dict], segm_entries: List[dict] | None,
         if len(segm_entries) != len(bbox_entries):
             raise ValueError("bbox and segm entries of one image differ in number")
         masks = [dict(segm_entries[i]["segmentation"]) for i in order]
-    return Detections(boxes=boxes, scores=scores, classes=classes, image_size=tuple(image_size),
+    return Detections(boxes=boxes, scores=scores, classes=classes, image_size=(int(image_size[0]), int(image_size[1])),
                       masks_rle=masks)

@@ -30,7 +30,7 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def select(self, keep) -> "Detections":
+    def select(self, keep) -> Detections:
         """The detections where `keep` (a boolean mask or indices) holds, in their order."""
         idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=np.int64)
         pick = lambda a: None if a is None else a[idx]  # noqa: E731

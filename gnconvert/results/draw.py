@@ -38,7 +38,7 @@ def draw_detections(image_bgr: np.ndarray, dets: Detections, score_thresh: float
             if dets.masks is not None:
                 full = dets.masks[i]
             else:
-                rle = dict(dets.masks_rle[i])
+                rle = dict((dets.masks_rle or [])[i])
                 if isinstance(rle["counts"], str):
                     rle["counts"] = rle["counts"].encode("ascii")
                 full = mask_util.decode(rle)

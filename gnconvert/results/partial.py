@@ -5,7 +5,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, TextIO
 
 from gnconvert.errors import UsageError
 
@@ -20,7 +20,7 @@ class PartialResults:
     def __init__(self, folder: Path, fingerprint: dict):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
-        self._file = None
+        self._file: Optional[TextIO] = None
 
     def clear(self) -> None:
         if self.folder.is_dir():

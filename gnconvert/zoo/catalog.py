@@ -12,7 +12,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from gnconvert.errors import UsageError
 
@@ -141,7 +141,7 @@ def _entry(raw: Dict[str, Any]) -> ModelEntry:
     return entry
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_catalog() -> Catalog:
     path = catalog_path()
     try:
