@@ -58,3 +58,14 @@ def compile_cache(tmp_path_factory):
         os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
     else:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_restored():
+    """Autograd's mode is thread-local global state: a test (or the code it runs) that leaves it off
+    breaks later tests that train, far from the cause, so it fails here instead."""
+    torch.set_grad_enabled(True)
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("autograd was left disabled by this test or the code it ran")

@@ -47,7 +47,9 @@ def test_scripted_detector_is_bit_identical_to_eager(golden_dir, arch_name, imag
     eager = Detector(network, arch).eval()
     for name in images:
         image = torch.from_numpy(cv2.imread(str(golden_dir / "images" / name)))
-        got, want = scripted(image), eager(image)
+        got = scripted(image)
+        assert torch.is_grad_enabled(), "the scripted forward must turn autograd off only inside itself"
+        want = eager(image)
         assert set(got) == set(want) == set(OUTPUTS)
         for key in want:
             assert not got[key].requires_grad, key

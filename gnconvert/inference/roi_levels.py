@@ -14,7 +14,9 @@ it as a 1x1-pixel box, as Caffe2 would.
 
 torchvision's CPU RoIAlign runs on one core; each RoI is pooled on its own, so on the CPU the
 RoIs are split into one chunk per thread and pooled side by side (threads in Python, which the
-op leaves for its C++ loop; `torch.jit.fork` when scripted).  The result is the same to the bit.
+op leaves for its C++ loop).  The result is the same to the bit.  The scripted archive pools on
+one thread: `torch.jit.fork` resumes the caller's continuation on an inter-op thread, which
+loses the caller's thread-local grad mode (a scripted forward left autograd off behind it).
 """
 from __future__ import annotations
 
@@ -64,17 +66,17 @@ def multilevel_roi_align(
         chunks = max(1, min(threads, n // min_chunk))
         for part in idx.chunk(chunks):
             jobs.append((i, part))
-    if len(jobs) > 1 and threads > 1:
-        pooled = _pool_in_parallel(features, rois, jobs, min_level, resolution, sampling_ratio)
-    else:
+    if torch.jit.is_scripting() or len(jobs) < 2 or threads < 2:
         pooled = [_pool(features[i], rois[idx], min_level + i, resolution, sampling_ratio) for i, idx in jobs]
+    else:
+        pooled = _pool_in_threads(features, rois, jobs, min_level, resolution, sampling_ratio)
     for (_, idx), p in zip(jobs, pooled):
         out[idx] = p
     return out
 
 
 def _cpu_threads() -> int:
-    threads = 2  # scripted: chunks go to the inter-op pool (torch.jit.fork), two is enough to overlap
+    threads = 1  # scripted: one thread (see the module docstring)
     if not torch.jit.is_scripting():
         threads = _intra_op_threads()
     return threads
@@ -89,15 +91,6 @@ def _pool(feat: torch.Tensor, rois: torch.Tensor, level: int, resolution: int, s
     scale = 1.0 / math.pow(2.0, level)
     return roi_align(feat, rois, (resolution, resolution), spatial_scale=scale, sampling_ratio=sampling_ratio,
                      aligned=False)
-
-
-def _pool_in_parallel(features: List[torch.Tensor], rois: torch.Tensor, jobs: List[Tuple[int, torch.Tensor]],
-                      min_level: int, resolution: int, sampling_ratio: int) -> List[torch.Tensor]:
-    if torch.jit.is_scripting():
-        futures = [torch.jit.fork(_pool, features[i], rois[idx], min_level + i, resolution, sampling_ratio)
-                   for i, idx in jobs]
-        return [torch.jit.wait(f) for f in futures]
-    return _pool_in_threads(features, rois, jobs, min_level, resolution, sampling_ratio)
 
 
 @torch.jit.unused
