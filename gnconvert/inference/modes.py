@@ -8,8 +8,10 @@ stays the exact float32 code, fed with the parts' outputs cast back to float32:
     precision bf16   autocast to bfloat16 (CPU and CUDA), channels_last; GroupNorm statistics
                      in float32 (the Triton kernel on CUDA, PyTorch's mixed-precision kernel on CPU)
     precision tf32   CUDA only: float32 tensors, convolutions and matmuls on TF32 tensor cores
-    compile          torch.compile (inductor) with freezing; a new image size recompiles once with
-                     that side symbolic; compiled code cached under the gnconvert cache folder
+    compile          torch.compile (inductor) with freezing; the heads with symbolic RoI counts,
+                     body + FPN + RPN head static for each of the first COMPILED_IMAGE_SIZES input
+                     sizes and eager for further ones; compiled code cached under the gnconvert
+                     cache folder
 
 A fast mode's results are not Detectron's bit for bit; its fidelity is measured
 (`gnconvert selftest --precision bf16`, scripts/bench_fast_modes.py) and every report says
@@ -126,6 +128,15 @@ def _float32(t: Tensor) -> Tensor:
     return t.to(torch.float32, memory_format=torch.contiguous_format)
 
 
+# Body + FPN + RPN head on the CPU, 800x1216 / 800x800 / 1088x800 inputs, fp32: eager 1.67 / 1.00 /
+# 1.46 s; compiled static 1.38 / 0.81 / 1.11 s (1.21-1.31x, ~30-40 s to compile each size); compiled
+# with symbolic sizes 1.62 / 0.99 / 1.38 s (1.0-1.06x: inductor pre-packs oneDNN convolutions only
+# for static shapes).  A symbolic graph costs a compile and gains nothing, so each new input size
+# gets its own static graph until this many are held; later sizes run eager.  Detectron's resize
+# (short side 800, long side <= 1333, padded to 32) gives a handful of common sizes on COCO.
+COMPILED_IMAGE_SIZES = 8
+
+
 class FastNetwork:
     """A Detector's three network parts run in a fast mode; their outputs come back float32 and
     in the standard layout, so the exact post-processing after them is unchanged."""
@@ -147,16 +158,33 @@ class FastNetwork:
                 layer.forward = types.MethodType(_float32_forward, layer)  # type: ignore[method-assign]
         parts: Dict[str, nn.Module] = {"image_level": network, "box": BoxOutputs(network),
                                        "mask": network.mask_head}  # type: ignore[dict-item]
+        self._eager_image_level = network
+        self._static_sizes: set = set()
+        self.max_static_sizes = COMPILED_IMAGE_SIZES if mode.compiled else 0
         if mode.compiled:
             compiled_cache_dir()
+            _allow_recompiles(self.max_static_sizes)
             # freezing: weights become constants (folded, pre-packed for oneDNN on the CPU).  The heads'
-            # RoI and detection counts are symbolic from the first call (no cost measured).  Image
-            # sizes are not: the first compiles static graphs and a new size recompiles with only the
-            # changed side symbolic, since the body + FPN runs 1.38x eager with static sizes and
-            # 1.2x with symbolic ones (measured on the CPU, 800x1216)
-            parts = {k: torch.compile(m, options={"freezing": True}) for k, m in parts.items()}  # type: ignore[misc]
+            # RoI and detection counts are symbolic from the first call (no cost measured); image
+            # sizes stay static (see COMPILED_IMAGE_SIZES)
+            parts = {k: _compiled(m, static=k == "image_level") for k, m in parts.items()}
         self._parts = parts
         self._dynamic = mode.compiled
+
+    @property
+    def compiled_sizes(self) -> List[Tuple[int, ...]]:
+        """The input sizes the body + FPN + RPN head has static compiled graphs for."""
+        return sorted(self._static_sizes)
+
+    def _image_level_for(self, data: Tensor) -> nn.Module:
+        if not self.mode.compiled:
+            return self._parts["image_level"]
+        size = tuple(data.shape[2:])
+        if size not in self._static_sizes:
+            if len(self._static_sizes) >= self.max_static_sizes:
+                return self._eager_image_level
+            self._static_sizes.add(size)
+        return self._parts["image_level"]
 
     @contextlib.contextmanager
     def _numerics(self) -> Iterator[None]:
@@ -173,8 +201,9 @@ class FastNetwork:
     def image_level(self, data: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         if self.channels_last:
             data = data.contiguous(memory_format=torch.channels_last)
+        part = self._image_level_for(data)
         with self._numerics():
-            feats, logits, deltas = self._parts["image_level"](data)
+            feats, logits, deltas = part(data)
         return [_float32(t) for t in feats], [_float32(t) for t in logits], [_float32(t) for t in deltas]
 
     def _vary(self, t: Tensor, *dims: int) -> None:
@@ -192,3 +221,24 @@ class FastNetwork:
         with self._numerics():
             logits = self._parts["mask"](x)
         return _float32(logits)
+
+
+def _compiled(module: nn.Module, static: bool) -> nn.Module:
+    return torch.compile(module, options={"freezing": True}, dynamic=False if static else None)  # type: ignore[return-value]
+
+
+_static_graphs_reserved = 0
+
+
+def _allow_recompiles(graphs: int) -> None:
+    """dynamo keeps at most `recompile_limit` graphs per function, counted over every compiled
+    network of the process (they share their modules' forward code), and then runs it eager with a
+    warning: make room for each compiled network's static image sizes."""
+    import torch._dynamo
+
+    global _static_graphs_reserved
+    _static_graphs_reserved += graphs
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < _static_graphs_reserved:
+        setattr(config, name, _static_graphs_reserved)
