@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import high_water_mb, in_child, machine_line, run_timed, timed
+from benchlib import golden_dir, high_water_mb, in_child, machine_line, run_timed, timed
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN_CFG = REPO.parent / "shared" / "golden" / "cfg" / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml"
+GOLDEN_CFG = golden_dir() / "cfg" / "e2e_mask_rcnn_R-50-FPN_2x_gn.yaml"
 
 
 def read_once(path: str, how: str) -> dict:

@@ -32,11 +32,10 @@ from typing import Dict, List
 import cv2
 import numpy as np
 import torch
-from benchlib import interleaved, machine, machine_line, medians, seeded_checkpoint
+from benchlib import GOLDEN_IMAGES, golden_dir, interleaved, machine, machine_line, medians, seeded_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "R-50-FPN-GN_seed1"
-GOLDEN_IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.png", "tiny_chelsea.png"]
 
 
 def _mode(name: str):
@@ -184,7 +183,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--golden", type=Path, default=REPO.parent / "shared" / "golden")
+    ap.add_argument("--golden", type=Path, default=golden_dir())
     ap.add_argument("--no-compile-cost", action="store_true")
     ap.add_argument("--no-fidelity", action="store_true")
     ap.add_argument("--json", type=Path, help="also write every figure here")

@@ -27,7 +27,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-from benchlib import machine_line, run_timed, timed
+from benchlib import golden_dir, machine_line, run_timed, timed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -43,7 +43,7 @@ from gnconvert.evaluation.distributed import Workers, init_from_env  # noqa: E40
 from gnconvert.evaluation.run import predict_loop  # noqa: E402
 from gnconvert.results.partial import PartialResults  # noqa: E402
 
-GOLDEN = Path(os.environ.get("GNCONVERT_SHARED", REPO.parent / "shared")) / "golden"
+GOLDEN = golden_dir()
 
 
 class StandIn:

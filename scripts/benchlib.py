@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
 if TYPE_CHECKING:
@@ -32,6 +33,14 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 Device = Union[str, "torch.device", None]  # None and "cpu" need no synchronising
+
+# the golden images Detectron ran the seeded R-50-FPN GN checkpoint on, each of its own size
+GOLDEN_IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.png", "tiny_chelsea.png"]
+
+
+def golden_dir() -> Path:
+    """$GNCONVERT_SHARED/golden (the GPU bundle sets it), else ../shared/golden beside the repository."""
+    return Path(os.environ.get("GNCONVERT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "golden"
 
 
 # ----------------------------------------------------------------------------- the machine

@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import gpu_report_markdown  # noqa: E402  (scripts/ is not a package)
+from benchlib import GOLDEN_IMAGES, golden_dir  # noqa: E402
 
 # name -> (seconds on a GPU, seconds in a dry run)
 STEPS = {
@@ -67,15 +68,8 @@ STEPS = {
     "modes": (60, 240),
     "compile": (65, 300),
 }
-GOLDEN_IMAGES = ["grace_hopper.jpg", "astronaut.png", "chelsea.png", "wide_synthetic.png", "tiny_chelsea.png"]
-
 
 # ----------------------------------------------------------------------------- helpers
-def golden_dir() -> Path:
-    """$GNCONVERT_SHARED/golden (the device bundle sets it to .gl), else ../shared/golden."""
-    return Path(os.environ.get("GNCONVERT_SHARED", REPO.parent / "shared")) / "golden"
-
-
 def commit() -> str:
     """The measured commit: git's, or the one gpu_bundle.sh recorded beside the golden files."""
     try:

@@ -252,3 +252,30 @@ def test_reference_comparison(golden_dir, bn_coco):
     one = reference.compare(bbox, bbox, ids[:1])
     assert one["detectron_detections"] == sum(e["image_id"] == ids[0] for e in bbox)
     assert math.isnan(reference.compare([], [], ids)["matched_share"])
+
+
+def test_golden_ground_truth_is_coco_with_detectrons_plus_one_widths():
+    """The ground truth the verify tests grade against, checked by hand: Detectron's "+1" box
+    widths, COCO's sparse category ids (Detectron's class 12 is COCO's 13: COCO skips id 12),
+    the mask's pixel count as its area, and the RLE kept as Detectron wrote it."""
+    from pycocotools import mask as mask_util
+
+    from gnconvert.fidelity.golden_coco import ground_truth
+
+    mask = np.zeros((30, 40), np.uint8, order="F")
+    mask[5:15, 10:30] = 1  # 10 x 20 = 200 pixels
+    rle = mask_util.encode(mask)
+    rle = {"size": [30, 40], "counts": rle["counts"].decode("ascii")}
+    record = {"image_shape": [30, 40, 3], "detections": [
+        {"bbox_xyxy": [10.0, 5.0, 29.0, 14.0], "category_index": 12, "score": 0.9, "segmentation": rle},
+        {"bbox_xyxy": [0.5, 1.25, 0.5, 1.25], "category_index": 1, "score": 0.8, "segmentation": rle},
+    ]}
+    gt = ground_truth([(139, "a.jpg", record)], "d")
+    assert gt["images"] == [{"id": 139, "file_name": "a.jpg", "height": 30, "width": 40}]
+    a, b = gt["annotations"]
+    assert a["bbox"] == [10.0, 5.0, 20.0, 10.0] and b["bbox"] == [0.5, 1.25, 1.0, 1.0]
+    assert a["category_id"] == 13 and b["category_id"] == 1
+    assert a["area"] == 200.0 and a["segmentation"] == rle and a["iscrowd"] == 0
+    assert [x["id"] for x in gt["annotations"]] == [1, 2] and {x["image_id"] for x in gt["annotations"]} == {139}
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    assert len(names) == 80 and names[13] == "stop sign" and 12 not in names

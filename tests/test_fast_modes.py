@@ -63,6 +63,29 @@ def test_default_model_is_the_exact_one_and_fast_ones_are_separate(seeded_ckpt):
                     RunMode.of("bf16"))
 
 
+def test_exact_mode_keeps_tf32_off_for_every_eager_caller(seeded_ckpt, golden_dir):
+    """PyTorch lets cuDNN use TF32 by default; the exact mode's network parts switch it off
+    themselves, so calling the Detector directly (not only `predict`) is exact float32 on CUDA too.
+    The flags are plain settings, so a CPU run sees what the layers would run under."""
+    import cv2
+
+    from gnconvert.api import build_model
+
+    det = build_model(seeded_ckpt, "cpu")
+    seen = []
+    record = lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))  # noqa: E731
+    for part in (det.network.body, det.network.box_head, det.network.mask_head):
+        part.register_forward_pre_hook(record)
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # PyTorch's own cuDNN default
+    try:
+        det(torch.from_numpy(cv2.imread(str(golden_dir / "images" / "tiny_chelsea.png"))))
+        assert len(seen) == 3 and set(seen) == {(False, False)}, seen
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # restored after
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def test_bf16_computes_in_bfloat16_and_hands_float32_to_the_exact_post_processing(seeded_ckpt, golden_dir):
     from gnconvert.api import build_model
     from gnconvert.inference.preprocess import load_image

@@ -72,7 +72,7 @@ def _check_against_arch(state: Mapping[str, np.ndarray], arch: Architecture, whe
 
 
 def tensors_digest(state: Mapping[str, np.ndarray]) -> str:
-    """sha256 over the parameters in name order: each name, then its float32 bytes."""
+    """sha256 over the arrays in name order: each name, then its bytes (float32 for parameters)."""
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode("utf-8"))

@@ -81,7 +81,8 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
     from gnconvert.inference.modes import RunMode
 
     mode = RunMode.of(precision, compile_)
-    mode.check_device(resolve_device(device))  # before any data is read
+    dev = resolve_device(device)
+    mode.check_device(dev)  # before any data is read
     if tolerance < 0:
         raise UsageError(f"--tolerance {tolerance} must be >= 0")
     layout = find_layout(coco_root=coco_root, annotations=annotations, images=images)
@@ -91,10 +92,7 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
         published["box_ap"] = expect_box_ap
     if expect_mask_ap is not None:
         published["mask_ap"] = expect_mask_ap
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(dev)
 
     dist = init_from_env(device)
     try:

@@ -107,10 +107,13 @@ def run_verify(predictor, layout: CocoLayout, output: Path, *, source: str, publ
     if batch_size < 1 or workers < 0:
         raise UsageError("--batch-size must be >= 1 and --workers >= 0")
     output = Path(output)
-    mode = mode or {"precision": "fp32", "compile": False, "exact": True, "name": "fp32"}
+    if mode is None:
+        from gnconvert.inference.modes import EXACT
+
+        mode = EXACT.to_dict()
     fingerprint = {"source": str(source), "annotations": str(Path(layout.annotations).resolve())}
     if not mode["exact"]:
-        fingerprint["mode"] = mode["name"]
+        fingerprint["mode"] = str(mode["name"])
     partial = PartialResults(output / "partial", fingerprint)
 
     # Rank 0 reads the annotations and any partial results, then tells every rank what to do;

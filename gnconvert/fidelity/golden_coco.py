@@ -14,6 +14,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from gnconvert.results import coco_categories
+from gnconvert.results.detections import rle_for_pycocotools
 
 
 def ground_truth(entries: Iterable[Tuple[int, str, dict]], description: str = "") -> dict:
@@ -27,7 +28,7 @@ def ground_truth(entries: Iterable[Tuple[int, str, dict]], description: str = ""
         for det in record["detections"]:
             x1, y1, x2, y2 = (float(np.float32(v)) for v in det["bbox_xyxy"])
             rle = det["segmentation"]
-            area = float(mask_util.area(dict(rle, counts=rle["counts"].encode("ascii"))))
+            area = float(mask_util.area(rle_for_pycocotools(rle)))
             annotations.append({
                 "id": len(annotations) + 1, "image_id": int(image_id),
                 "category_id": coco_categories.coco_id(det["category_index"]),

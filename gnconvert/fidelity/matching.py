@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from pycocotools import mask as mask_util
 
-from gnconvert.results.detections import Detections
+from gnconvert.results.detections import Detections, rle_for_pycocotools
 
 MIN_MATCHED = 0.99
 MAX_EXTRA = 0.01
@@ -39,14 +39,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(same, 1.0, iou)
 
 
-def _rle_bytes(rle: dict) -> dict:
-    c = rle["counts"]
-    return dict(rle, counts=c.encode("ascii") if isinstance(c, str) else c)
-
-
 def mask_iou(a: dict, b: dict) -> float:
     """IoU of two RLEs; two empty masks agree (1.0)."""
-    ra, rb = _rle_bytes(a), _rle_bytes(b)
+    ra, rb = rle_for_pycocotools(a), rle_for_pycocotools(b)
     union = mask_util.area(mask_util.merge([ra, rb], intersect=False))
     if union == 0:
         return 1.0

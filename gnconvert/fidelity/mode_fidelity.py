@@ -97,6 +97,7 @@ def measure(detector, folder: Path, tag: str, images: Sequence[str], mode: str =
     folder = Path(folder)
     result = ModeFidelity(mode=mode or getattr(getattr(detector, "mode", None), "name", "?"), tag=tag)
     entries, bbox, segm = [], [], []
+    raw = golden_format.records(folder, tag)
     for image_id, name in enumerate(images, start=1):
         golden = golden_format.load(folder, tag, name)
         t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def measure(detector, folder: Path, tag: str, images: Sequence[str], mode: str =
         b, s = to_results(image_id, ours)
         bbox += b
         segm += s
-        entries.append((image_id, name, golden_format.record(folder, tag, name)))
+        entries.append((image_id, name, raw[name]))
     truth = golden_coco.ground_truth(entries, f"Detectron's detections for {tag}")
     ids = [e[0] for e in entries]
     evals = coco_eval.evaluate(truth, {"bbox": bbox, "segm": segm}, ids)

@@ -9,7 +9,6 @@ spread of scores, boxes and masks that exercises the decisions downstream.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import zlib
 from typing import Dict, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Dict, Mapping, Sequence
 import numpy as np
 
 from gnconvert.architecture import Architecture
+from gnconvert.checkpoint.converted import tensors_digest
 from gnconvert.checkpoint.name_mapping import MOMENTUM_SUFFIX, expected_inventory, preserved_inventory
 
 
@@ -69,9 +69,6 @@ def seeded_blobs(arch: Architecture, seed: int = 1) -> Dict[str, np.ndarray]:
 
 
 def blobs_checksum(blobs: Mapping[str, np.ndarray]) -> str:
-    """sha256 over the sorted names: each name's bytes, then its array's bytes."""
-    digest = hashlib.sha256()
-    for name in sorted(blobs):
-        digest.update(name.encode("utf-8"))
-        digest.update(np.ascontiguousarray(blobs[name]).tobytes())
-    return digest.hexdigest()
+    """The golden README's checksum, sha256 over the sorted names: each name's bytes, then its
+    array's bytes; the same digest converted files record, so the one function computes both."""
+    return tensors_digest(blobs)

@@ -20,13 +20,12 @@ class StageRun:
     def __init__(self, detector, image):
         import torch
 
-        from gnconvert.inference.modes import exact_fp32
         from gnconvert.inference.preprocess import load_image
 
         self.detector = detector
         im = torch.from_numpy(load_image(image)).to(detector.device)
         self.image_size = (int(im.shape[0]), int(im.shape[1]))
-        with torch.no_grad(), exact_fp32():
+        with torch.no_grad():  # the Detector's stages run the network in exact float32 themselves
             self.data, self.im_info, self.scale = detector.input_blob(im)
             feats, logits, deltas = detector.features(self.data)
         self._set_features(feats, logits, deltas)
@@ -64,10 +63,8 @@ class StageRun:
         """Proposals, box head and box results (no masks); `rois` (R, 5) replaces our RoIs."""
         import torch
 
-        from gnconvert.inference.modes import exact_fp32
-
         det, inter = self.detector, self.intermediates
-        with torch.no_grad(), exact_fp32():
+        with torch.no_grad():
             padded = (int(self.data.shape[2]), int(self.data.shape[3]))
             level_boxes, level_scores = det.proposals(self.logits, self.deltas, self.im_info, padded)
             for k, (b, p) in enumerate(zip(level_boxes, level_scores), start=det.rpn_min_level):
@@ -92,10 +89,9 @@ class StageRun:
 
         from gnconvert.inference import rle
         from gnconvert.inference.mask_postprocess import mask_rois
-        from gnconvert.inference.modes import exact_fp32
 
         det = self.detector
-        with torch.no_grad(), exact_fp32():
+        with torch.no_grad():
             boxes = torch.as_tensor(np.asarray(detections.boxes, np.float32), device=det.device).reshape(-1, 4)
             classes = torch.as_tensor(np.asarray(detections.classes, np.int64), device=det.device)
             probs = det.mask_head(self.feats, boxes, classes, self.scale)

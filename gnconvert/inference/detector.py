@@ -144,6 +144,8 @@ class Detector(nn.Module):
         if not torch.jit.is_scripting():
             if self._fast is not None:
                 return self._fast.image_level(data)
+            with exact_fp32():  # every eager caller, not only predict: cuDNN's TF32 default is off
+                return self.network(data)
         return self.network(data)
 
     def proposals(self, logits: List[Tensor], deltas: List[Tensor], im_info: Tensor,
@@ -183,6 +185,8 @@ class Detector(nn.Module):
         if not torch.jit.is_scripting():
             if self._fast is not None:
                 return self._fast.box(x)
+            with exact_fp32():
+                return self.network.box_predictor(self.network.box_head(x))
         return self.network.box_predictor(self.network.box_head(x))
 
     def box_results(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, scale: float, height: int,
@@ -207,6 +211,8 @@ class Detector(nn.Module):
         if not torch.jit.is_scripting():
             if self._fast is not None:
                 return self._fast.mask(x)
+            with exact_fp32():
+                return self.network.mask_head(x)
         return self.network.mask_head(x)
 
     def paste(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tuple[List[Tensor], Tensor]:
@@ -253,7 +259,7 @@ class Detector(nn.Module):
         GroupNorm's statistics (padding joins them), so it is never done."""
         dev = self.device
         prepared = []
-        with torch.no_grad(), exact_fp32():
+        with torch.no_grad():
             for image in images:
                 t0 = time.perf_counter()
                 bgr = torch.from_numpy(preprocess.load_image(image, channel_order)).to(dev)

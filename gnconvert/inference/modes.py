@@ -158,7 +158,6 @@ class FastNetwork:
                 layer.forward = types.MethodType(_float32_forward, layer)  # type: ignore[method-assign]
         parts: Dict[str, nn.Module] = {"image_level": network, "box": BoxOutputs(network),
                                        "mask": network.mask_head}  # type: ignore[dict-item]
-        self._eager_image_level = network
         self._static_sizes: set = set()
         self.max_static_sizes = COMPILED_IMAGE_SIZES if mode.compiled else 0
         if mode.compiled:
@@ -168,8 +167,8 @@ class FastNetwork:
             # RoI and detection counts are symbolic from the first call (no cost measured); image
             # sizes stay static (see COMPILED_IMAGE_SIZES)
             parts = {k: _compiled(m, static=k == "image_level") for k, m in parts.items()}
+        self._network = network  # uncompiled, for image sizes past the static graphs
         self._parts = parts
-        self._dynamic = mode.compiled
 
     @property
     def compiled_sizes(self) -> List[Tuple[int, ...]]:
@@ -182,7 +181,7 @@ class FastNetwork:
         size = tuple(data.shape[2:])
         if size not in self._static_sizes:
             if len(self._static_sizes) >= self.max_static_sizes:
-                return self._eager_image_level
+                return self._network
             self._static_sizes.add(size)
         return self._parts["image_level"]
 
@@ -207,7 +206,7 @@ class FastNetwork:
         return [_float32(t) for t in feats], [_float32(t) for t in logits], [_float32(t) for t in deltas]
 
     def _vary(self, t: Tensor, *dims: int) -> None:
-        if self._dynamic:
+        if self.mode.compiled:
             torch._dynamo.maybe_mark_dynamic(t, list(dims))
 
     def box(self, x: Tensor) -> Tuple[Tensor, Tensor]:

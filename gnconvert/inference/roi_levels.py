@@ -69,7 +69,7 @@ def multilevel_roi_align(
     if torch.jit.is_scripting() or len(jobs) < 2 or threads < 2:
         pooled = [_pool(features[i], rois[idx], min_level + i, resolution, sampling_ratio) for i, idx in jobs]
     else:
-        pooled = _pool_in_threads(features, rois, jobs, min_level, resolution, sampling_ratio)
+        pooled = _pool_in_threads(features, rois, jobs, min_level, resolution, sampling_ratio, threads)
     for (_, idx), p in zip(jobs, pooled):
         out[idx] = p
     return out
@@ -95,8 +95,8 @@ def _pool(feat: torch.Tensor, rois: torch.Tensor, level: int, resolution: int, s
 
 @torch.jit.unused
 def _pool_in_threads(features: List[torch.Tensor], rois: torch.Tensor, jobs: List[Tuple[int, torch.Tensor]],
-                     min_level: int, resolution: int, sampling_ratio: int) -> List[torch.Tensor]:
-    pool = _executor(torch.get_num_threads())
+                     min_level: int, resolution: int, sampling_ratio: int, threads: int) -> List[torch.Tensor]:
+    pool = _executor(threads)
     return list(pool.map(lambda job: _pool(features[job[0]], rois[job[1]], min_level + job[0], resolution,
                                            sampling_ratio), jobs))
 

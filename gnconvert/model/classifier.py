@@ -24,7 +24,7 @@ class ResNetClassifier(nn.Module):
     def __init__(self, arch: Architecture):
         super().__init__()
         self.body = ResNetBody(arch)
-        self.fc = nn.Linear(2048, arch.num_classes)
+        self.fc = nn.Linear(arch.stages[-1].out, arch.num_classes)
         self.pixel_means = tuple(arch.pixel_means)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,6 +44,7 @@ class ResNetClassifier(nn.Module):
         import numpy as np
         from torchvision.models import ResNet50_Weights
 
+        from gnconvert.inference.modes import exact_fp32
         from gnconvert.inference.preprocess import load_image
 
         im = load_image(image, channel_order)
@@ -54,7 +55,8 @@ class ResNetClassifier(nn.Module):
         crop = im[top: top + 224, left: left + 224].astype(np.float32) - np.array(self.pixel_means, np.float32)
         device = next(self.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(device)
-        probs = torch.softmax(self(x)[0], dim=0).cpu()
+        with exact_fp32():  # float32, as Caffe2 ran it, not cuDNN's default TF32
+            probs = torch.softmax(self(x)[0], dim=0).cpu()
         names = ResNet50_Weights.IMAGENET1K_V1.meta["categories"] if probs.numel() == 1000 else None
         best = torch.topk(probs, min(k, probs.numel()))
         return [ImageNetClass(int(i), names[int(i)] if names else str(int(i)), float(p))

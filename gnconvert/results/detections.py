@@ -13,6 +13,12 @@ import numpy as np
 from gnconvert.results import coco_categories
 
 
+def rle_for_pycocotools(rle: dict) -> dict:
+    """An RLE whose `counts` may be JSON's str, as pycocotools' decoders want it: bytes."""
+    counts = rle["counts"]
+    return dict(rle, counts=counts.encode("ascii") if isinstance(counts, str) else counts)
+
+
 @dataclass
 class Detections:
     """Detectron's final detections for one image, in Detectron's output order
@@ -56,6 +62,5 @@ class Detections:
         h, w = self.image_size
         if not self.masks_rle:
             return np.zeros((0, h, w), np.uint8)
-        rles = [dict(r, counts=r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"])
-                for r in self.masks_rle]
+        rles = [rle_for_pycocotools(r) for r in self.masks_rle]
         return np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1))

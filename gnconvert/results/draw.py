@@ -10,7 +10,7 @@ import colorsys
 import cv2
 import numpy as np
 
-from gnconvert.results.detections import Detections
+from gnconvert.results.detections import Detections, rle_for_pycocotools
 
 
 def class_color(contiguous_class: int) -> tuple:
@@ -38,10 +38,7 @@ def draw_detections(image_bgr: np.ndarray, dets: Detections, score_thresh: float
             if dets.masks is not None:
                 full = dets.masks[i]
             else:
-                rle = dict((dets.masks_rle or [])[i])
-                if isinstance(rle["counts"], str):
-                    rle["counts"] = rle["counts"].encode("ascii")
-                full = mask_util.decode(rle)
+                full = mask_util.decode(rle_for_pycocotools((dets.masks_rle or [])[i]))
             ys, xs = np.nonzero(full.any(axis=1))[0], np.nonzero(full.any(axis=0))[0]
             if len(ys):
                 y0, y1, x0, x1 = ys[0], min(ys[-1] + 2, height), xs[0], min(xs[-1] + 2, width)
