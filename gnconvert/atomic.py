@@ -19,7 +19,7 @@ from typing import Iterator
 
 from gnconvert.errors import GnconvertError, UsageError
 
-_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # errnos that mean "the disk (or quota) is full"
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 _MARGIN = 16 << 20  # leave this much free beyond what is written
 
@@ -32,7 +32,7 @@ def _umask() -> int:
 
 def output_error(path, e: OSError) -> GnconvertError:
     """One line for a failed write of `path`: what happened and what to do."""
-    if e.errno in _NO_SPACE:
+    if e.errno in NO_SPACE:
         return GnconvertError(f"ran out of space writing {path} ({e.strerror}); nothing was left behind: "
                               "free some space or choose another output folder")
     if e.errno in _NO_PERMISSION:

@@ -74,30 +74,36 @@ def kernel_choice() -> str:
     return value
 
 
+def _why_torch(device: torch.device) -> Optional[str]:
+    """Why PyTorch's GroupNorm runs on `device` (the rest of backend()'s sentence), or None when the
+    Triton kernel does: the one decision both backend() and is_available() report."""
+    if device.type != "cuda":
+        return f" on {device.type}; the Triton kernel runs on CUDA"
+    if kernel_choice() == "torch":
+        return f": {KERNEL_ENV}=torch"
+    k = _kernels()
+    if k is None:
+        return f": the Triton kernel could not be loaded: {_IMPORT_ERROR[-1]}"
+    if k.INTERPRETING:
+        return ": TRITON_INTERPRET=1 is set"
+    if not _triton_runs_on(device):
+        return f": {torch.cuda.get_device_name(device)} is older than compute capability 7.0"
+    return None
+
+
 def backend(device) -> str:
     """Which GroupNorm the model runs on `device`, and why: never a silent fallback."""
     device = torch.device(device)
-    if device.type != "cuda":
-        return f"torch (F.group_norm on {device.type}; the Triton kernel runs on CUDA)"
-    if kernel_choice() == "torch":
-        return f"torch (F.group_norm: {KERNEL_ENV}=torch)"
-    k = _kernels()
-    if k is None:
-        return f"torch (F.group_norm: the Triton kernel could not be loaded: {_IMPORT_ERROR[-1]})"
-    if k.INTERPRETING:
-        return "torch (F.group_norm: TRITON_INTERPRET=1 is set)"
-    if not _triton_runs_on(device):
-        return f"torch (F.group_norm: {torch.cuda.get_device_name(device)} is older than compute capability 7.0)"
+    why = _why_torch(device)
+    if why is not None:
+        return f"torch (F.group_norm{why})"
     return f"Triton kernel (gnconvert.kernels, on {torch.cuda.get_device_name(device)})"
 
 
 def is_available(device) -> bool:
     """True only on CUDA with a working Triton (compiled, not interpreted) and the kernel not switched off."""
     device = torch.device(device)
-    if device.type != "cuda" or kernel_choice() == "torch":
-        return False
-    k = _kernels()
-    return k is not None and not k.INTERPRETING and _triton_runs_on(device)
+    return device.type == "cuda" and _why_torch(device) is None  # called per layer: CPU answers at once
 
 
 # --------------------------------------------------------------------------- layout helpers

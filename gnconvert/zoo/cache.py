@@ -7,7 +7,6 @@ changed one without hashing 370 MB.  No torch here.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -18,12 +17,11 @@ from typing import Optional
 
 import filelock
 
-from gnconvert.atomic import atomic_path
+from gnconvert.atomic import NO_SPACE, atomic_path
 from gnconvert.errors import DownloadError
 
 log = logging.getLogger("gnconvert.zoo.download")
 CHUNK = 1 << 20
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def cache_dir() -> Path:
@@ -115,7 +113,7 @@ def write_all(f, chunk: bytes | bytearray, part: Path) -> None:
         while view:
             view = view[f.write(view):]
     except OSError as e:
-        if e.errno in _NO_SPACE:
+        if e.errno in NO_SPACE:
             raise DownloadError(
                 f"ran out of space writing {part} ({e.strerror}); nothing was kept: "
                 f"free some disk space or set GNCONVERT_CACHE to another folder"
