@@ -138,6 +138,32 @@ def test_noise_floor_explains_only_what_our_own_noise_shows():
     assert not parity.ParityReport("T", "i.png", m(90), noise=floor).passed
 
 
+def test_proposal_rows_allow_only_tied_rows_to_trade_places():
+    rows = np.array([[0, 0, 0, 9, 9], [0, 0, 0, 0, 959], [0, 0, 0, 0, 0], [0, 50, 50, 80, 200]], np.float32)
+    probs = np.array([1.0, 1.0, 1.0, 0.9], np.float32)
+    same = parity.compare_proposal_rows("r", rows, probs, rows, probs)
+    assert same.passed and same.detail == "4 rows in Detectron's order"
+    swapped = rows[[0, 2, 1, 3]]
+    tied = parity.compare_proposal_rows("r", swapped, probs, rows, probs)
+    assert tied.passed and "2 rows tied in probability" in tied.detail
+    # an untied row out of place, or a tied row swapped with an untied one, is a different list
+    untied = np.array([1.0, 0.99, 0.98, 0.9], np.float32)
+    assert not parity.compare_proposal_rows("r", swapped, untied, rows, untied).passed
+    assert not parity.compare_proposal_rows("r", rows[[0, 1, 3, 2]], probs, rows, probs).passed
+    # a box whose far side moved by a pixel and a third (IoU 0.990 on its 151 rows) is the same box
+    moved = rows.copy()
+    moved[3, 4] += 1.34
+    assert parity.compare_proposal_rows("r", moved, probs, rows, probs).passed
+    moved[3, 4] += 1.0
+    assert not parity.compare_proposal_rows("r", moved, probs, rows, probs).passed
+    assert not parity.compare_proposal_rows("r", rows[:3], probs[:3], rows, probs).passed
+    # a 1-by-4-pixel box moved by 0.04 px (IoU 0.98) is still the same box; moved by 0.6 px it is not
+    thin = np.array([[0, 0, 390.55, 0, 394.32]], np.float32)
+    one = np.array([1.0], np.float32)
+    assert parity.compare_proposal_rows("r", thin - [0, 0, 0.04, 0, 0.04], one, thin, one).passed
+    assert not parity.compare_proposal_rows("r", thin - [0, 0, 0.6, 0, 0.6], one, thin, one).passed
+
+
 def _case(tag, image):
     marks = [pytest.mark.slow] if tag.startswith("R-101") else []
     return pytest.param(tag, image, marks=marks, id=f"{tag}-{image}")
@@ -172,12 +198,17 @@ def _judge(golden_dir, det, tag, image, exact=True):
 
     # In the BN* runs most kept RPN probabilities are exactly 1.0 (e.g. 66 of 66 on
     # one level), so only numpy 1.23's sort order reproduces Detectron's proposal
-    # lists; numpy 2's SIMD argsort orders those ties differently.  Row by row:
+    # lists; numpy 2's SIMD argsort orders those ties differently.  Row by row, the
+    # same box in the same row; tied rows may trade places only among themselves,
+    # where float noise in the untied scores changed introsort's partitions (seen
+    # with ATEN_CPU_CAPABILITY=default: two rows tied at 1.0 swapped on one level):
     if "-BN_" in tag and exact:
         for k in range(2, 7):
-            key = f"rpn_rois_fpn{k}"
-            assert intermediates[key].shape == reference.intermediates[key].shape, key
-            np.testing.assert_allclose(intermediates[key], reference.intermediates[key], atol=0.5, err_msg=key)
+            rows = parity.compare_proposal_rows(
+                f"rpn_rois_fpn{k}", intermediates[f"rpn_rois_fpn{k}"], intermediates[f"rpn_roi_probs_fpn{k}"].ravel(),
+                reference.intermediates[f"rpn_rois_fpn{k}"], reference.intermediates[f"rpn_roi_probs_fpn{k}"].ravel())
+            print(f"  {rows.name}: {rows.detail}")
+            assert rows.passed, rows.detail
 
     # 2. each later stage judged on Detectron's own input to it (teacher forcing),
     #    so that float noise upstream cannot hide or excuse a bug there:
@@ -190,7 +221,10 @@ def _judge(golden_dir, det, tag, image, exact=True):
 
     #    Detectron's final boxes -> our mask head and paste -> its masks
     masks_only = run.masks(reference.detections)
-    np.testing.assert_allclose(run.intermediates["mask_probs"], reference.intermediates["mask_probs"], atol=1e-4)
+    # (our FPN maps under them: float32 noise of ~1e-4 of the largest probability, 1.1e-4 seen on
+    # R-101 BN* with ATEN_CPU_CAPABILITY=default; the maps' own tolerance, MAP_REL_TOL, bounds it)
+    np.testing.assert_allclose(run.intermediates["mask_probs"], reference.intermediates["mask_probs"],
+                               atol=parity.MAP_REL_TOL)
     ious = [matching.mask_iou(a, b) for a, b in zip(masks_only.masks_rle, reference.detections.masks_rle)]
     assert min(ious, default=1.0) >= 0.97  # the golden README: mask IoU >= 0.97 for matched pairs
 
