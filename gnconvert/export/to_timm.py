@@ -21,7 +21,6 @@ from gnconvert.export.torchvision_api import CROP, RESIZE, TIMM_MODELS, require_
 from gnconvert.export.torchvision_weights import RGB_MEANS_NOTE, torchvision_state_dict
 
 
-
 def outputs(output) -> List[str]:
     """OUT and OUT.json; a missing timm fails here, before the checkpoint is loaded."""
     require_timm()

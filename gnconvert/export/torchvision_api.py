@@ -44,9 +44,10 @@ def checkpoint_of(model: Any) -> ConvertedCheckpoint:
                              "(precision fp32, no compile) to convert it")
         return ConvertedCheckpoint(state_dict=state(model.network), arch=model.arch)
     if isinstance(model, ResNetClassifier):
-        depth = {6: 50, 23: 101}.get(len(model.body.res4))
+        blocks = sum(1 for _ in model.body.res4.children())
+        depth = {6: 50, 23: 101}.get(blocks)
         if depth is None:
-            raise UsageError(f"a ResNet classifier with {len(model.body.res4)} res4 blocks is neither R-50 nor R-101")
+            raise UsageError(f"a ResNet classifier with {blocks} res4 blocks is neither R-50 nor R-101")
         arch = REFERENCE_ARCHITECTURES[f"ImageNet_R-{depth}-GN"]
         return ConvertedCheckpoint(state_dict=state(model), arch=arch)
     raise UsageError(f"cannot convert a {type(model).__name__}; pass a model from gnconvert.load, a "

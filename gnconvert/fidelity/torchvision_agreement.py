@@ -162,7 +162,7 @@ def stages(tv_model, network, arch, folder: Path, tag: str, name: str) -> StageA
             probs_28 = maskrcnn_inference(mask_logits, [labels])[0]
             pasted = paste_masks_in_image(probs_28, resize_boxes(boxes, resized, (h, w)), (h, w))[:, 0]
             binary = (pasted > t.mask_thresh_binarize).to(torch.uint8).numpy()
-            mask_ious = [mask_iou(dets.masks_rle[i], _rle(binary[i])) for i in range(len(dets))]
+            mask_ious = [mask_iou(rle, _rle(binary[i])) for i, rle in enumerate(dets.masks_rle or [])]
     return StageAgreement(
         image=name, fpn_rel_error=fpn, rpn_rel_error=rpn, cls_prob_max_diff=cls_diff,
         box_iou_min=float(ious.min()), box_iou_median=float(np.median(ious)),
