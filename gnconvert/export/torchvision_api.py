@@ -44,7 +44,7 @@ def checkpoint_of(model: Any) -> ConvertedCheckpoint:
                              "(precision fp32, no compile) to convert it")
         return ConvertedCheckpoint(state_dict=state(model.network), arch=model.arch)
     if isinstance(model, ResNetClassifier):
-        blocks = sum(1 for _ in model.body.res4.children())
+        blocks = len(list(model.body.get_submodule("res4").children()))
         depth = {6: 50, 23: 101}.get(blocks)
         if depth is None:
             raise UsageError(f"a ResNet classifier with {blocks} res4 blocks is neither R-50 nor R-101")
