@@ -11,7 +11,7 @@ statistics would then include the padding of the smaller ones.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -98,9 +98,3 @@ def backend_mode(mode: Dict[str, Any], backend: str) -> Dict[str, Any]:
     return {**mode, "exact": False, "backend": backend,
             "name": "torchvision backend (torchvision's MaskRCNN with the converted weights)"}
 
-
-def check_backend(backend: Optional[str]) -> str:
-    backend = backend or "gnconvert"
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return backend
