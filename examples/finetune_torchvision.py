@@ -1,7 +1,7 @@
 """Fine-tune a converted Detectron GN Mask R-CNN with torchvision's standard training loop.
 
     gnconvert export 48616381 --to torchvision -o tv_maskrcnn.pth     # once, with gnconvert
-    python examples/finetune_torchvision.py tv_maskrcnn.pth           # torch + torchvision + pycocotools only
+    python examples/finetune_torchvision.py tv_maskrcnn.pth           # torch, torchvision (+ its Pillow), pycocotools
 
 The script makes a tiny COCO-format dataset (a few synthetic images with rectangles, discs and
 triangles, their masks as RLE in instances.json), builds the model with the README's builder
@@ -79,8 +79,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402  (Pillow: installed with torchvision)
 from pycocotools import mask as mask_util  # noqa: E402
-from torchvision.io import decode_image, write_png  # noqa: E402
+from torchvision.transforms.functional import to_tensor  # noqa: E402
 
 CATEGORIES = [{"id": 1, "name": "rectangle"}, {"id": 2, "name": "disc"}, {"id": 3, "name": "triangle"}]
 HEIGHT, WIDTH = 160, 208
@@ -113,7 +114,7 @@ def make_dataset(folder, num_images=2, seed=0):
                                 "bbox": [x, y, w, h], "area": float(m.sum()), "iscrowd": 0,
                                 "segmentation": {"size": [HEIGHT, WIDTH], "counts": rle["counts"].decode()}})
         name = f"{image_id:04d}.png"
-        write_png(torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), os.path.join(folder, "images", name))
+        Image.fromarray(pixels).save(os.path.join(folder, "images", name))
         images.append({"id": image_id, "file_name": name, "height": HEIGHT, "width": WIDTH})
     with open(os.path.join(folder, "instances.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, f)
@@ -126,7 +127,7 @@ def load_dataset(folder):
     samples = []
     for im in coco["images"]:
         anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
-        image = decode_image(os.path.join(folder, "images", im["file_name"])).float() / 255
+        image = to_tensor(Image.open(os.path.join(folder, "images", im["file_name"])).convert("RGB"))
         masks = [mask_util.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
                  for a in anns]
         boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]

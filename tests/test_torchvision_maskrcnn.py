@@ -115,9 +115,11 @@ def test_readme_snippet_loads_strictly_without_gnconvert(exported, golden_dir, t
 
 
 def torchvision_image(path) -> torch.Tensor:
-    from torchvision.io import decode_image
+    """The README's way of reading an image."""
+    import PIL.Image
+    from torchvision.transforms.functional import to_tensor
 
-    return decode_image(str(path)).float() / 255
+    return to_tensor(PIL.Image.open(path).convert("RGB"))
 
 
 def _reference_model(path):
@@ -135,7 +137,7 @@ def test_to_torchvision_is_the_exported_model(exported, gn_ckpt):
     _, out = exported
     ours = gnconvert.to_torchvision(gn_ckpt).state_dict()
     written = torch.load(out, weights_only=True)
-    assert list(ours) == list(written) and all(torch.equal(ours[k], written[k]) for k in ours)
+    assert set(ours) == set(written) and all(torch.equal(ours[k], written[k]) for k in ours)
 
 
 @pytest.mark.parametrize("name,tag,image", [(GN, TAG, "tiny_chelsea.png"),
@@ -228,7 +230,7 @@ def test_group_norm_kernel_swap_keeps_weights_and_outputs(exported, monkeypatch)
     model = _reference_model(exported[1])
     before = model.state_dict()
     expected = sum(type(m) is torch.nn.GroupNorm for m in model.modules())
-    head = copy.deepcopy(model.roi_heads.mask_head)
+    head = copy.deepcopy(torch.nn.Sequential(*list(model.roi_heads.mask_head)[:2]))  # 2 conv+GN+ReLU: interpreter is slow
     params = {id(p) for p in model.parameters()}
     assert gnconvert.use_group_norm_kernel(model) == expected == 1 + 16 * 3 + 4 + 8 + 4 + 4  # body, FPN, heads
     assert not any(type(m) is torch.nn.GroupNorm for m in model.modules())
@@ -237,11 +239,15 @@ def test_group_norm_kernel_swap_keeps_weights_and_outputs(exported, monkeypatch)
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
 
     swapped = copy.deepcopy(head)
-    assert gnconvert.use_group_norm_kernel(swapped) == 4 and isinstance(swapped[0][1], GroupNorm)
+    assert gnconvert.use_group_norm_kernel(swapped) == 2 and isinstance(swapped[0][1], GroupNorm)
     monkeypatch.setattr(gn_module, "is_available", lambda device: True)  # the Triton kernel, interpreted on the CPU
-    x = torch.randn(2, 256, 14, 14)
+    calls = []
+    kernel = gn_module.group_norm
+    monkeypatch.setattr(gn_module, "group_norm", lambda *a: calls.append(1) or kernel(*a))
+    x = torch.randn(2, 256, 8, 8)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1, y2 = head(x1), swapped(x2)
+    assert len(calls) == 2  # both layers ran the kernel's op
     torch.testing.assert_close(y2, y1, rtol=1e-4, atol=1e-4)
     g = torch.randn_like(y1)
     y1.backward(g)
