@@ -218,3 +218,22 @@ def test_bad_requests_are_one_line_errors_and_write_nothing(seeded_pickle, tmp_p
     with pytest.raises(UsageError, match=r"pip install 'gnconvert\[timm\]'"):
         output_paths("timm", tmp_path / "x.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_backbone_snippet_runs_without_gnconvert(classifier, tmp_path):
+    """The README's timm / torchvision block itself, on files the exports wrote, where gnconvert cannot be imported."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    pytest.importorskip("timm")
+    from gnconvert.export import export
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "resnet50_gn" in b]
+    export(classifier(50), "timm", tmp_path / "r50gn.safetensors", verify=False)
+    export(classifier(50), "torchvision", tmp_path / "r50gn_tv.pth", verify=False)
+    script = ("import sys; sys.modules['gnconvert'] = None\n" + block
+              + "\nassert data['interpolation'] == 'bilinear' and round(1 / data['std'][0]) == 255\n")
+    run = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
