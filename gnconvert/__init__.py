@@ -35,7 +35,7 @@ def _kernels_from_the_source_tree() -> None:
 
 _kernels_from_the_source_tree()
 
-__all__ = ["load", "Detections", "__version__"]
+__all__ = ["load", "to_torchvision", "to_timm", "use_group_norm_kernel", "Detections", "__version__"]
 
 
 def load(source, device="auto", config=None, opts=None, precision="fp32", compile=False):
@@ -48,6 +48,31 @@ def load(source, device="auto", config=None, opts=None, precision="fp32", compil
     from gnconvert.api import load as _load
 
     return _load(source, device=device, config=config, opts=opts, precision=precision, compile=compile)
+
+
+def to_torchvision(model):
+    """torchvision's own model holding `model`'s weights: a `MaskRCNN` built from torchvision's parts with
+    Detectron's settings (labels are COCO category ids), or a ResNet with GroupNorm for an ImageNet
+    backbone; RGB input in 0..1.  `model`: what `load` returns, or a source it takes."""
+    from gnconvert.export.torchvision_api import to_torchvision as _to_torchvision
+
+    return _to_torchvision(model)
+
+
+def to_timm(model):
+    """timm's ResNet with GroupNorm (resnet50_gn; resnet101 with norm_layer="groupnorm") holding an ImageNet
+    GN backbone's weights (needs `pip install 'gnconvert[timm]'`)."""
+    from gnconvert.export.torchvision_api import to_timm as _to_timm
+
+    return _to_timm(model)
+
+
+def use_group_norm_kernel(model):
+    """Swap `model`'s nn.GroupNorm modules for gnconvert's Triton-kernel GroupNorm (CUDA forward and
+    backward; PyTorch's elsewhere), weights and state-dict keys unchanged; returns how many."""
+    from gnconvert.finetune import use_group_norm_kernel as _swap
+
+    return _swap(model)
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""`gnconvert export SOURCE --to torchscript|onnx|safetensors|detectron -o OUT`."""
+"""`gnconvert export SOURCE --to torchscript|onnx|safetensors|detectron|timm|torchvision -o OUT`."""
 from __future__ import annotations
 
 import click
@@ -10,9 +10,11 @@ from gnconvert.export import TARGETS
 @click.command("export")
 @click.argument("source")
 @click.option("--to", "target", required=True, type=click.Choice(TARGETS),
-              help="Artifact kind: torchscript (whole pipeline), onnx (network parts), safetensors, detectron (.pkl).")
+              help="Artifact kind: torchscript (whole pipeline), onnx (network parts), safetensors, detectron (.pkl), "
+                   "timm (ImageNet backbones), torchvision (backbones and Mask R-CNN).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
-              help="File to write (onnx also writes OUT's .box_head.onnx and .mask_head.onnx siblings).")
+              help="File to write (onnx also writes OUT's .box_head.onnx and .mask_head.onnx siblings; timm and "
+                   "torchvision write OUT.json beside OUT).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the bundled image after writing it.")

@@ -25,12 +25,13 @@ def _catalog_entry(source: str):
     return entry
 
 
-def _model_loader(source: str, device: str, opts, precision: str, compile_: bool):
+def _model_loader(source: str, device: str, opts, precision: str, compile_: bool, backend: str = "gnconvert"):
     """Load the model only when the data checks have passed (bad input fails in seconds)."""
     def load():
         from gnconvert import load as load_detector
+        from gnconvert.export.torchvision_adapter import predictor_for
 
-        return load_detector(source, device, opts=opts, precision=precision, compile=compile_)
+        return predictor_for(load_detector(source, device, opts=opts, precision=precision, compile=compile_), backend)
     return load
 
 
@@ -61,6 +62,9 @@ def _default_output(source: str) -> Path:
 @click.option("--expect-box-ap", type=float, help="Box AP to check against instead of the catalog's.")
 @click.option("--expect-mask-ap", type=float, help="Mask AP to check against instead of the catalog's.")
 @click.option("--progress/--no-progress", default=None, help="A progress bar (default: when stderr is a terminal).")
+@click.option("--backend", type=click.Choice(["gnconvert", "torchvision"]), default="gnconvert", show_default=True,
+              help="gnconvert: our Detector (Detectron's exact test path); torchvision: torchvision's MaskRCNN "
+                   "with the converted weights (gnconvert export --to torchvision), to measure what it costs.")
 @opts_option
 @precision_option
 @compile_option
@@ -68,7 +72,7 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
             limit: Optional[int], device: str, batch_size: int, workers: int, output: Optional[Path],
             tolerance: float, resume: bool, reference_results: bool, evaluator: str,
             expect_box_ap: Optional[float], expect_mask_ap: Optional[float], progress: Optional[bool],
-            opts, precision: str, compile_: bool) -> None:
+            backend: str, opts, precision: str, compile_: bool) -> None:
     """Evaluate SOURCE (a model id from `gnconvert list`, or a checkpoint path) on COCO minival.
 
     Prints published vs measured box and mask AP with PASS/FAIL within --tolerance and
@@ -78,9 +82,11 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
     from gnconvert.api import resolve_device
     from gnconvert.evaluation import find_layout, run_verify
     from gnconvert.evaluation.distributed import device_for_rank, init_from_env
+    from gnconvert.export.torchvision_adapter import backend_mode
     from gnconvert.inference.modes import RunMode
 
     mode = RunMode.of(precision, compile_)
+    mode_record = backend_mode(mode.to_dict(), backend)  # a fast mode with --backend torchvision fails here
     dev = resolve_device(device)
     mode.check_device(dev)  # before any data is read
     if tolerance < 0:
@@ -105,11 +111,11 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
 
                 reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
                              "segm": download.fetch(entry.id, "masks")["masks"]}
-        run_verify(_model_loader(source, device_for_rank(device, dist), list(opts), precision, compile_), layout,
+        run_verify(_model_loader(source, device_for_rank(device, dist), list(opts), precision, compile_, backend), layout,
                    output or _default_output(source), source=source, published=published or None,
                    tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
                    evaluator=evaluator, reference=reference,
                    progress=sys.stderr.isatty() if progress is None else progress, dist=dist,
-                   mode=mode.to_dict(), echo=click.echo)
+                   mode=mode_record, echo=click.echo)
     finally:
         dist.close()

@@ -76,7 +76,9 @@ def format_report(report: dict) -> str:
     if report.get("group_norm"):
         lines.append(f"GroupNorm: {report['group_norm']}")
     mode = report.get("mode")
-    if mode and not mode["exact"]:
+    if mode and mode.get("backend"):
+        lines.append(f"backend: {mode['name']}: not Detectron's exact test path; these APs measure what it costs")
+    elif mode and not mode["exact"]:
         lines.append(f"mode: {mode['name']}: a fast mode, not Detectron's exact numerics; these APs measure this "
                      "mode, the exact conversion is verified without --precision/--compile")
     lines.append(f"{report['timing']['images_per_second']:.2f} images/s; report: {report['files']['report']}")

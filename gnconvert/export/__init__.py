@@ -8,7 +8,8 @@ Targets (one module each, with `outputs`, `write`, `verify`):
 - torchscript: the whole Detectron test pipeline, BGR uint8 image in, detections out;
 - onnx: body + FPN + RPN head, box head, mask head (three files, opset 17);
 - safetensors: the weights under our names with the JSON metadata header;
-- detectron: a Detectron `.pkl` (same blob names, shapes, cfg text).
+- detectron: a Detectron `.pkl` (same blob names, shapes, cfg text);
+- timm, torchvision: the libraries' own models' state dicts (`to_timm`, `to_torchvision`).
 
 Every file is written under a temporary name in the output's folder, checked
 (`verify`), and only then renamed into place: a failed write or a failed check
@@ -27,7 +28,8 @@ from gnconvert.errors import ParityError, UsageError
 from gnconvert.export.common import BUNDLED_IMAGE, check_output, loaded_network, writing
 from gnconvert.export.self_check import VerifyReport
 
-TARGETS = ("torchscript", "onnx", "safetensors", "detectron")
+TARGETS = ("torchscript", "onnx", "safetensors", "detectron", "timm", "torchvision")
+_MODULES = {"timm": "to_timm", "torchvision": "to_torchvision"}  # not named like the packages they import
 
 
 @dataclass
@@ -42,7 +44,7 @@ class ExportResult:
 def target_module(target: str):
     if target not in TARGETS:
         raise UsageError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
-    return importlib.import_module(f"{__name__}.{target}")
+    return importlib.import_module(f"{__name__}.{_MODULES.get(target, target)}")
 
 
 def output_paths(target: str, output) -> List[str]:
@@ -63,7 +65,7 @@ def export(ckpt, target: str, output, verify: bool = True, reference=None, image
     if target == "onnx":
         module.require_onnx()
     paths = output_paths(target, output)
-    network = loaded_network(ckpt) if network is None else network
+    network = getattr(module, "loaded_network", loaded_network)(ckpt) if network is None else network
     if getattr(network, "fast_mode", None):
         raise UsageError(f"this network was set up for the fast mode {network.fast_mode}; exports carry the "
                          "exact model: export from the checkpoint (gnconvert export SOURCE), not from a fast model")

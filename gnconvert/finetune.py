@@ -1,0 +1,32 @@
+"""Fine-tuning the exported torchvision models with gnconvert's Triton GroupNorm.
+
+`use_group_norm_kernel(model)` swaps every `nn.GroupNorm` of a model (torchvision's, timm's, any)
+for `gnconvert.kernels.GroupNorm`, an `nn.GroupNorm` subclass whose forward and backward run the
+fused Triton kernel on CUDA and PyTorch's GroupNorm elsewhere.  The swap keeps the very Parameter
+objects (an optimizer made before it still holds them), the state-dict keys and the numerics
+(Caffe2's GroupNorm is PyTorch's), so checkpoints load and save as before.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def use_group_norm_kernel(model: nn.Module) -> int:
+    """Replace `model`'s nn.GroupNorm modules in place; returns how many were replaced."""
+    from gnconvert.kernels import GroupNorm
+
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.GroupNorm) and not isinstance(child, GroupNorm):
+                setattr(parent, name, _kernel_group_norm(child, GroupNorm))
+                swapped += 1
+    return swapped
+
+
+def _kernel_group_norm(old: nn.GroupNorm, cls) -> nn.Module:
+    new = cls(old.num_groups, old.num_channels, old.eps, old.affine, device="meta")
+    if old.affine:
+        new.weight, new.bias = old.weight, old.bias  # the same Parameters: optimizers and ties stay valid
+    new.train(old.training)
+    return new
