@@ -9,45 +9,21 @@ Heavy modules (torch) are imported on first use so `gnconvert list` stays fast.
 __version__ = "0.1.0"
 
 
-def _kernels_from_the_source_tree() -> None:
-    """`gnconvert.kernels` is the repository's top-level kernels/ folder, installed under our
-    name (pyproject's package-dir).  Run from a source checkout without installing, that
-    folder is found here instead, so the kernels can never be another package's `kernels`."""
-    import importlib.abc
-    import importlib.util
-    import os
-    import sys
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    folder = os.path.join(os.path.dirname(here), "kernels")
-    if os.path.isdir(os.path.join(here, "kernels")) or not os.path.isfile(os.path.join(folder, "__init__.py")):
-        return
-
-    class _SourceTreeKernels(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name != "gnconvert.kernels":
-                return None
-            return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
-                                                          submodule_search_locations=[folder])
-
-    sys.meta_path.append(_SourceTreeKernels())
-
-
-_kernels_from_the_source_tree()
-
 __all__ = ["load", "to_torchvision", "to_timm", "use_group_norm_kernel", "Detections", "__version__"]
 
 
-def load(source, device="auto", config=None, opts=None, precision="fp32", compile=False):
+def load(source, device="auto", config=None, opts=None, precision="fp32", compile=False, allow_slow=False):
     """A ready model for SOURCE: a model id, a Detectron `.pkl`, or a converted `.safetensors`.
 
     A Mask R-CNN model's `predict` returns `Detections`; an ImageNet backbone's `predict`
     returns its top-5 ImageNet classes.  precision="fp32" without compile is the exact mode
     (Detectron's numerics); "bf16", "tf32" (CUDA) and compile=True are faster, measured, not
-    exact.  See `gnconvert.api.load` for `device` and `opts`."""
+    exact, and refused where this machine would run them slower (allow_slow=True runs them
+    anyway).  See `gnconvert.api.load` for `device` and `opts`."""
     from gnconvert.api import load as _load
 
-    return _load(source, device=device, config=config, opts=opts, precision=precision, compile=compile)
+    return _load(source, device=device, config=config, opts=opts, precision=precision, compile=compile,
+                 allow_slow=allow_slow)
 
 
 def to_torchvision(model):
@@ -67,12 +43,12 @@ def to_timm(model):
     return _to_timm(model)
 
 
-def use_group_norm_kernel(model):
+def use_group_norm_kernel(model, kernel=None):
     """Swap `model`'s nn.GroupNorm modules for gnconvert's Triton-kernel GroupNorm (CUDA forward and
     backward; PyTorch's elsewhere), weights and state-dict keys unchanged; returns how many."""
     from gnconvert.finetune import use_group_norm_kernel as _swap
 
-    return _swap(model)
+    return _swap(model, kernel)
 
 
 def __getattr__(name):

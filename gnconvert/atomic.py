@@ -30,14 +30,17 @@ def _umask() -> int:
     return mask
 
 
-def output_error(path, e: OSError) -> GnconvertError:
-    """One line for a failed write of `path`: what happened and what to do."""
+OUTPUT_FOLDER = "choose another output folder"  # what a user can do about a failed write, by default
+
+
+def output_error(path, e: OSError, elsewhere: str = OUTPUT_FOLDER, error: type = GnconvertError) -> GnconvertError:
+    """One line for a failed write of `path`: what happened and what to do (`elsewhere`: where else to write)."""
     if e.errno in NO_SPACE:
-        return GnconvertError(f"ran out of space writing {path} ({e.strerror}); nothing was left behind: "
-                              "free some space or choose another output folder")
+        return error(f"ran out of space writing {path} ({e.strerror}); nothing was left behind: "
+                     f"free some space or {elsewhere}")
     if e.errno in _NO_PERMISSION:
-        return GnconvertError(f"cannot write {path}: no permission ({e.strerror}); choose a writable output folder")
-    return GnconvertError(f"cannot write {path}: {e.strerror or e}; check the folder and its free space")
+        return error(f"cannot write {path}: no permission ({e.strerror}); {elsewhere}")
+    return error(f"cannot write {path}: {e.strerror or e}; check the folder and its free space, or {elsewhere}")
 
 
 def prepare_folder(folder) -> Path:
@@ -55,7 +58,7 @@ def prepare_folder(folder) -> Path:
     return folder
 
 
-def ensure_free_space(path, nbytes: int) -> None:
+def ensure_free_space(path, nbytes: int, elsewhere: str = OUTPUT_FOLDER, error: type = GnconvertError) -> None:
     """Fail before writing when the destination's file system has too little room."""
     folder = Path(path).parent
     try:
@@ -63,8 +66,8 @@ def ensure_free_space(path, nbytes: int) -> None:
     except OSError:
         return  # nothing to say before trying
     if free < nbytes + _MARGIN:
-        raise GnconvertError(f"not enough space for {path}: it needs {nbytes / 2**20:.0f} MiB and {folder} has "
-                             f"{free / 2**20:.0f} MiB free; free some space or choose another output folder")
+        raise error(f"not enough space for {path}: it needs {nbytes / 2**20:.0f} MiB and {folder} has "
+                    f"{free / 2**20:.0f} MiB free; free some space or {elsewhere}")
 
 
 def final_path_of(tmp) -> Path:
@@ -95,15 +98,15 @@ def atomic_path(path) -> Iterator[str]:
         raise
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
+def write_bytes_atomic(path, data: bytes, elsewhere: str = OUTPUT_FOLDER, error: type = GnconvertError) -> None:
     """`data` becomes `path` whole or not at all; a failure is a GnconvertError naming `path`."""
     prepare_folder(Path(path).parent)
-    ensure_free_space(path, len(data))
+    ensure_free_space(path, len(data), elsewhere, error)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(data)
     except OSError as e:
-        raise output_error(path, e) from None
+        raise output_error(path, e, elsewhere, error) from None
 
 
 def write_json_atomic(path, obj, **dump_kwargs) -> None:

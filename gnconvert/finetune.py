@@ -8,24 +8,27 @@ objects (an optimizer made before it still holds them), the state-dict keys and 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 
 
-def use_group_norm_kernel(model: nn.Module) -> int:
-    """Replace `model`'s nn.GroupNorm modules in place; returns how many were replaced."""
+def use_group_norm_kernel(model: nn.Module, kernel: Optional[bool] = None) -> int:
+    """Replace `model`'s nn.GroupNorm modules in place; returns how many were replaced.  kernel: None runs
+    the Triton kernel wherever it runs (CUDA; decided once per device), True always the op, False never."""
     from gnconvert.kernels import GroupNorm
 
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.GroupNorm) and not isinstance(child, GroupNorm):
-                setattr(parent, name, _kernel_group_norm(child, GroupNorm))
+                setattr(parent, name, _kernel_group_norm(child, GroupNorm, kernel))
                 swapped += 1
     return swapped
 
 
-def _kernel_group_norm(old: nn.GroupNorm, cls) -> nn.Module:
-    new = cls(old.num_groups, old.num_channels, old.eps, old.affine, device="meta")
+def _kernel_group_norm(old: nn.GroupNorm, cls, kernel: Optional[bool]) -> nn.Module:
+    new = cls(old.num_groups, old.num_channels, old.eps, old.affine, device="meta", kernel=kernel)
     if old.affine:
         new.weight, new.bias = old.weight, old.bias  # the same Parameters: optimizers and ties stay valid
     new.train(old.training)

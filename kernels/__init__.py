@@ -3,7 +3,7 @@
 `kernels.group_norm` stays the module (call `kernels.group_norm.group_norm(...)`):
 re-exporting the function under the same name would hide the module.
 """
-from gnconvert.kernels import group_norm
-from gnconvert.kernels.group_norm import GroupNorm, GroupNormReLU, is_available
+from . import group_norm
+from .group_norm import Backend, GroupNorm, GroupNormReLU, choose_backend
 
-__all__ = ["group_norm", "GroupNorm", "GroupNormReLU", "is_available"]
+__all__ = ["group_norm", "Backend", "GroupNorm", "GroupNormReLU", "choose_backend"]

@@ -7,15 +7,20 @@ the square root), which is `torch.nn.functional.group_norm`'s.
 
 It is the `torch.library` custom op `gnconvert::group_norm` (and
 `gnconvert::group_norm_backward`), so torch.compile and torch.export see one
-opaque node with a fake (meta) implementation.  The op runs the Triton kernels of
-`gnconvert.kernels.group_norm_kernels` on CUDA (and on the CPU under TRITON_INTERPRET=1,
-which is how CI tests them) and plain torch arithmetic elsewhere, so it never
-fails for want of Triton.  Importing this module never imports Triton.
+opaque node with a fake (meta) implementation.  The op dispatches by device
+through torch.library: the Triton kernels of `group_norm_kernels` on CUDA
+(PyTorch arithmetic where Triton cannot load), PyTorch arithmetic on every
+other device; under TRITON_INTERPRET=1 (how CI tests the kernels) the CPU runs
+the Triton kernels in Triton's interpreter.  Importing this module never imports
+Triton.
 
-`is_available(device)` says whether the model should call it: CUDA, a working
-Triton, and not switched off with GNCONVERT_GN_KERNEL=torch.
+`choose_backend(device)` is the one decision a model makes when it is built:
+the Triton kernel (CUDA, a working Triton, not switched off with
+GNCONVERT_GN_KERNEL=torch), or PyTorch's GroupNorm, with the reason.  `GroupNorm`
+is the one module: an `nn.GroupNorm` that runs the op or PyTorch's kernel, as
+its `kernel` attribute says.
 
-Eager calls that need no autograd skip the dispatcher and call the same
+Eager calls that need no autograd skip the dispatcher and call the device's
 implementation directly; autograd, torch.compile, export and fake tensors go
 through the op.  Backward is first-order only.
 """
@@ -23,7 +28,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -34,18 +40,19 @@ from gnconvert.errors import UsageError
 KERNEL_ENV = "GNCONVERT_GN_KERNEL"
 _KERNEL_CHOICES = ("triton", "torch")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # Triton's interpreter: the kernels run on the CPU
 
-__all__ = ["group_norm", "group_norm_torch", "is_available", "GroupNorm", "GroupNormReLU", "KERNEL_ENV"]
+__all__ = ["group_norm", "group_norm_torch", "choose_backend", "Backend", "GroupNorm", "GroupNormReLU", "KERNEL_ENV"]
 
 
-_IMPORT_ERROR: list = []  # why the Triton kernels could not be loaded, for `backend`
+_IMPORT_ERROR: list = []  # why the Triton kernels could not be loaded, for `choose_backend`
 
 
 @functools.cache
 def _kernels():
-    """The Triton kernel module, or None where Triton is missing or broken."""
+    """The Triton launch module, or None where Triton is missing or broken."""
     try:
-        from gnconvert.kernels import group_norm_launch
+        from . import group_norm_launch
     except Exception as e:  # ImportError, or a Triton that fails to initialise
         _IMPORT_ERROR.append(f"{type(e).__name__}: {e}")
         return None
@@ -58,52 +65,48 @@ def _cuda_capable(index: int) -> bool:
 
 
 def _triton_runs_on(device: torch.device) -> bool:
-    k = _kernels()
-    if k is None:
+    if _kernels() is None:
         return False
-    if k.INTERPRETING:
-        return device.type in ("cpu", "cuda")
-    return device.type == "cuda" and _cuda_capable(device.index if device.index is not None else torch.cuda.current_device())
+    if device.type != "cuda":
+        return _INTERPRETED and device.type == "cpu"
+    return _cuda_capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def kernel_choice() -> str:
-    """GNCONVERT_GN_KERNEL: 'triton' (default) or 'torch' (PyTorch's own GroupNorm)."""
-    value = os.environ.get(KERNEL_ENV, "triton").strip().lower() or "triton"
+@dataclass(frozen=True)
+class Backend:
+    """Which GroupNorm a model runs on a device, and why: decided once, when the model is built."""
+
+    kernel: bool  # True: the Triton kernel, through the gnconvert::group_norm op
+    reason: str
+
+    def __str__(self) -> str:
+        return f"Triton kernel ({self.reason})" if self.kernel else f"torch (F.group_norm{self.reason})"
+
+
+def choose_backend(device, setting: Optional[str] = None) -> Backend:
+    """The Triton kernel on CUDA where it runs, else PyTorch's GroupNorm; `setting` is GNCONVERT_GN_KERNEL's
+    value ('triton', the default, or 'torch'), read from the environment when not given."""
+    device = torch.device(device)
+    value = (os.environ.get(KERNEL_ENV, "triton") if setting is None else setting).strip().lower() or "triton"
     if value not in _KERNEL_CHOICES:
         raise UsageError(f"{KERNEL_ENV}={value!r} is not a GroupNorm kernel; set it to 'triton' or 'torch'")
-    return value
-
-
-def _why_torch(device: torch.device) -> Optional[str]:
-    """Why PyTorch's GroupNorm runs on `device` (the rest of backend()'s sentence), or None when the
-    Triton kernel does: the one decision both backend() and is_available() report."""
     if device.type != "cuda":
-        return f" on {device.type}; the Triton kernel runs on CUDA"
-    if kernel_choice() == "torch":
-        return f": {KERNEL_ENV}=torch"
-    k = _kernels()
-    if k is None:
-        return f": the Triton kernel could not be loaded: {_IMPORT_ERROR[-1]}"
-    if k.INTERPRETING:
-        return ": TRITON_INTERPRET=1 is set"
+        return Backend(False, f" on {device.type}; the Triton kernel runs on CUDA")
+    if value == "torch":
+        return Backend(False, f": {KERNEL_ENV}=torch")
+    if _kernels() is None:
+        return Backend(False, f": the Triton kernel could not be loaded: {_IMPORT_ERROR[-1]}")
+    if _INTERPRETED:
+        return Backend(False, ": TRITON_INTERPRET=1 is set")
     if not _triton_runs_on(device):
-        return f": {torch.cuda.get_device_name(device)} is older than compute capability 7.0"
-    return None
+        return Backend(False, f": {torch.cuda.get_device_name(device)} is older than compute capability 7.0")
+    return Backend(True, f"gnconvert.kernels, on {torch.cuda.get_device_name(device)}")
 
 
-def backend(device) -> str:
-    """Which GroupNorm the model runs on `device`, and why: never a silent fallback."""
-    device = torch.device(device)
-    why = _why_torch(device)
-    if why is not None:
-        return f"torch (F.group_norm{why})"
-    return f"Triton kernel (gnconvert.kernels, on {torch.cuda.get_device_name(device)})"
-
-
-def is_available(device) -> bool:
-    """True only on CUDA with a working Triton (compiled, not interpreted) and the kernel not switched off."""
-    device = torch.device(device)
-    return device.type == "cuda" and _why_torch(device) is None  # called per layer: CPU answers at once
+@functools.cache
+def _default_kernel(device_key: str) -> bool:
+    """A `GroupNorm` built without a decision decides on its first call on each device, once."""
+    return choose_backend(device_key).kernel
 
 
 # --------------------------------------------------------------------------- layout helpers
@@ -117,7 +120,15 @@ def _memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _dense(t: Optional[Tensor], channels_last: bool) -> Optional[Tensor]:
+@overload
+def _dense(t: Tensor, channels_last: bool) -> Tensor: ...
+
+
+@overload
+def _dense(t: Optional[Tensor], channels_last: bool) -> Optional[Tensor]: ...
+
+
+def _dense(t, channels_last):
     return None if t is None else t.contiguous(memory_format=_memory_format(channels_last))
 
 
@@ -187,7 +198,7 @@ def _group_coefficients(dz_xhat, dz, weight, num_groups, group_size):
 # --------------------------------------------------------------------------- custom ops
 
 
-def _group_norm_forward(
+def _forward_torch(
     x: Tensor,
     weight: Optional[Tensor],
     bias: Optional[Tensor],
@@ -196,66 +207,79 @@ def _group_norm_forward(
     eps: float,
     relu: bool,
 ) -> Tuple[Tensor, Tensor]:
-    """(y, statistics (3, N, G): each group's shift, mean - shift and 1 / std)."""
+    """(y, statistics (3, N, G): each group's shift, mean - shift and 1 / std), in PyTorch arithmetic."""
+    channels_last = _is_channels_last(x)
+    y, stats = _reference_forward(_dense(x, channels_last), weight, bias, _dense(residual, channels_last), num_groups,
+                                  eps, relu)
+    return y.contiguous(memory_format=_memory_format(channels_last)), stats
+
+
+def _forward_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+                    num_groups: int, eps: float, relu: bool) -> Tuple[Tensor, Tensor]:
+    """The same from the Triton kernels, where they run (else PyTorch arithmetic: no Triton, an old GPU)."""
+    if x.numel() == 0 or not _triton_runs_on(x.device):
+        return _forward_torch(x, weight, bias, residual, num_groups, eps, relu)
     channels_last = _is_channels_last(x)
     x = _dense(x, channels_last)
-    residual = _dense(residual, channels_last)
-    weight = None if weight is None else weight.contiguous()
-    bias = None if bias is None else bias.contiguous()
-    if x.numel() == 0 or not _triton_runs_on(x.device):
-        y, stats = _reference_forward(x, weight, bias, residual, num_groups, eps, relu)
-        return y.contiguous(memory_format=_memory_format(channels_last)), stats
     y = torch.empty_like(x, memory_format=_memory_format(channels_last))
     stats = x.new_empty((3, x.shape[0], num_groups), dtype=_stat_dtype(x.dtype))
-    _kernels().forward(x, weight, bias, residual, num_groups, eps, relu, channels_last, y, stats)
+    _kernels().forward(x, None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
+                       _dense(residual, channels_last), num_groups, eps, relu, channels_last, y, stats)
     return y, stats
 
 
-_group_norm_op = torch.library.custom_op("gnconvert::group_norm", mutates_args=())(_group_norm_forward)
+def _backward_torch(grad_y: Tensor, x: Tensor, y: Optional[Tensor], weight: Optional[Tensor], stats: Tensor,
+                    num_groups: int, relu: bool, residual_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, sum of dz * xhat per channel, sum of dz per channel, dresidual or an empty tensor)."""
+    channels_last = _is_channels_last(x)
+    x, dy = _dense(x, channels_last), _dense(grad_y, channels_last)
+    y = _dense(y, channels_last) if relu else None
+    dz_xhat, dz = _reference_backward_sums(dy, x, y, stats, num_groups, relu)
+    coef_dz, coef_dz_xhat = _group_coefficients(dz_xhat, dz, weight, num_groups, _group_size(x, num_groups))
+    dx, dres = _reference_backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu)
+    return dx.to(x.dtype), dz_xhat.sum(0), dz.sum(0), dres.to(x.dtype) if residual_grad else x.new_empty(0)
+
+
+def _backward_triton(grad_y: Tensor, x: Tensor, y: Optional[Tensor], weight: Optional[Tensor], stats: Tensor,
+                     num_groups: int, relu: bool, residual_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if x.numel() == 0 or not _triton_runs_on(x.device):
+        return _backward_torch(grad_y, x, y, weight, stats, num_groups, relu, residual_grad)
+    channels_last = _is_channels_last(x)
+    x, dy = _dense(x, channels_last), _dense(grad_y, channels_last)
+    y = _dense(y, channels_last) if relu else None
+    weight = None if weight is None else weight.contiguous()
+    k = _kernels()
+    dx = torch.empty_like(x, memory_format=_memory_format(channels_last))
+    dres = torch.empty_like(dx) if residual_grad else None
+    sums = k.backward_small_groups(dy, x, y, weight, stats, num_groups, relu, channels_last, dx, dres)
+    if sums is None:
+        sums = k.backward_sums(dy, x, y, stats, num_groups, relu, channels_last)
+        coefs = _group_coefficients(sums[0], sums[1], weight, num_groups, _group_size(x, num_groups))
+        k.backward_apply(dy, x, y, weight, stats, *coefs, num_groups, relu, channels_last, dx, dres)
+    dz_xhat, dz = sums
+    return dx, dz_xhat.sum(0), dz.sum(0), dres if dres is not None else x.new_empty(0)
+
+
+def _group_size(x: Tensor, num_groups: int) -> int:
+    return x.numel() // max(x.shape[0] * num_groups, 1)
+
+
+# device type -> (forward, backward): Triton on CUDA (on the CPU too in Triton's interpreter), PyTorch elsewhere
+_IMPLEMENTATIONS: Dict[str, Tuple[Callable, Callable]] = {
+    "cuda": (_forward_triton, _backward_triton), **({"cpu": (_forward_triton, _backward_triton)} if _INTERPRETED else {})}
+_TORCH_IMPLEMENTATION = (_forward_torch, _backward_torch)
+
+_group_norm_op = torch.library.custom_op("gnconvert::group_norm", mutates_args=())(_forward_torch)
+_group_norm_backward_op = torch.library.custom_op("gnconvert::group_norm_backward", mutates_args=())(_backward_torch)
+for _device_type, (_fwd, _bwd) in _IMPLEMENTATIONS.items():
+    _group_norm_op.register_kernel(_device_type)(_fwd)
+    _group_norm_backward_op.register_kernel(_device_type)(_bwd)
 
 
 @_group_norm_op.register_fake
 def _group_norm_fake(x, weight, bias, residual, num_groups, eps, relu):
     y = torch.empty_like(x, memory_format=_memory_format(_is_channels_last(x)))
     return y, x.new_empty((3, x.shape[0], num_groups), dtype=_stat_dtype(x.dtype))
-
-
-@torch.library.custom_op("gnconvert::group_norm_backward", mutates_args=())
-def _group_norm_backward_op(
-    grad_y: Tensor,
-    x: Tensor,
-    y: Optional[Tensor],
-    weight: Optional[Tensor],
-    stats: Tensor,
-    num_groups: int,
-    relu: bool,
-    residual_grad: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, sum of dz * xhat per channel, sum of dz per channel, dresidual or an empty tensor)."""
-    channels_last = _is_channels_last(x)
-    x = _dense(x, channels_last)
-    dy = _dense(grad_y, channels_last)
-    y = _dense(y, channels_last) if relu else None
-    weight = None if weight is None else weight.contiguous()
-    n, channels = x.shape[:2]
-    group_size = x.numel() // max(n * num_groups, 1)
-    if x.numel() > 0 and _triton_runs_on(x.device):
-        k = _kernels()
-        dx = torch.empty_like(x, memory_format=_memory_format(channels_last))
-        dres = torch.empty_like(dx) if residual_grad else None
-        sums = k.backward_small_groups(dy, x, y, weight, stats, num_groups, relu, channels_last, dx, dres)
-        if sums is None:
-            sums = k.backward_sums(dy, x, y, stats, num_groups, relu, channels_last)
-            coefs = _group_coefficients(*sums, weight, num_groups, group_size)
-            k.backward_apply(dy, x, y, weight, stats, *coefs, num_groups, relu, channels_last, dx, dres)
-        dz_xhat, dz = sums
-    else:
-        dz_xhat, dz = _reference_backward_sums(dy, x, y, stats, num_groups, relu)
-        coef_dz, coef_dz_xhat = _group_coefficients(dz_xhat, dz, weight, num_groups, group_size)
-        dx, dres = _reference_backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu)
-        dx = dx.to(x.dtype)
-        dres = dres.to(x.dtype) if residual_grad else None
-    return dx, dz_xhat.sum(0), dz.sum(0), dres if dres is not None else x.new_empty(0)
 
 
 @_group_norm_backward_op.register_fake
@@ -333,7 +357,7 @@ def group_norm(
     _check(x, num_groups, weight, bias, residual)
     args = (x, weight, bias, residual, int(num_groups), float(eps), bool(relu))
     if _plain_eager_call(x, weight, bias, residual):
-        return _group_norm_forward(*args)[0]
+        return _IMPLEMENTATIONS.get(x.device.type, _TORCH_IMPLEMENTATION)[0](*args)[0]
     return torch.ops.gnconvert.group_norm(*args)[0]
 
 
@@ -361,25 +385,44 @@ def group_norm_torch(
     residual: Optional[Tensor] = None,
     relu: bool = False,
 ) -> Tensor:
-    """The same result from PyTorch's own kernels: the fallback and the benchmark's baseline."""
+    """The same result from PyTorch's own kernels (F.group_norm, + residual, ReLU): what the exact model
+    runs on the CPU, the fallback and the benchmark's baseline.  The add and ReLU work in place on
+    F.group_norm's fresh output (one pass less over memory; its backward needs only x)."""
     y = F.group_norm(x, num_groups, weight, bias, eps)
     if residual is not None:
-        y = y + residual
-    return F.relu(y) if relu else y
+        y = y.add_(residual)
+    return y.relu_() if relu else y
+
+
+@torch.jit.unused
+def _kernel_call(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                 residual: Optional[Tensor], relu: bool, kernel: Optional[bool]) -> Optional[Tensor]:
+    """The op, when this module runs the kernel on x's device (decided at build, or once per device)."""
+    use = _default_kernel(str(x.device)) if kernel is None else kernel
+    return group_norm(x, num_groups, weight, bias, eps, residual, relu) if use else None
 
 
 class GroupNorm(nn.GroupNorm):
-    """`nn.GroupNorm` (same constructor, same `weight` / `bias` state-dict keys) that uses the fused
-    Triton kernel where `is_available`, with an optional fused ReLU and a residual added before it."""
+    """`nn.GroupNorm` (same constructor, same `weight` / `bias` state-dict keys) with a residual added and
+    an optional ReLU in the same pass: the model's GroupNorm and a drop-in for anyone's.
+
+    kernel: True runs the gnconvert::group_norm op (the Triton kernel on CUDA), False PyTorch's
+    GroupNorm; None (a drop-in's default) decides on the first call on each device (`choose_backend`).
+    A model built by gnconvert sets it from its runtime.  TorchScript always runs PyTorch's kernel."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device=None, dtype=None, relu: bool = False) -> None:
+                 device=None, dtype=None, relu: bool = False, kernel: Optional[bool] = None) -> None:
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
         self.relu = relu
+        self.kernel = kernel
 
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        fn = group_norm if is_available(x.device) else group_norm_torch
-        return fn(x, self.num_groups, self.weight, self.bias, self.eps, residual, self.relu)
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: Optional[bool] = None) -> Tensor:
+        relu_ = self.relu if relu is None else relu
+        if not torch.jit.is_scripting():
+            y = _kernel_call(x, self.num_groups, self.weight, self.bias, self.eps, residual, relu_, self.kernel)
+            if y is not None:
+                return y
+        return group_norm_torch(x, self.num_groups, self.weight, self.bias, self.eps, residual, relu_)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu=True" if self.relu else "")
@@ -389,5 +432,5 @@ class GroupNormReLU(GroupNorm):
     """GroupNorm followed by ReLU (after the optional residual), fused."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
-                 device=None, dtype=None) -> None:
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype, relu=True)
+                 device=None, dtype=None, kernel: Optional[bool] = None) -> None:
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, relu=True, kernel=kernel)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gnconvert.kernels.group_norm_kernels import (
+from .group_norm_kernels import (
     INTERPRETING,
     TUNING,
     Tuning,

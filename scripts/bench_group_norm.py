@@ -165,21 +165,15 @@ def e2e(device: torch.device, dtype: torch.dtype, batch: int, time_ms) -> None:
     """Image-level forward of the model (body + FPN + RPN head) with and without the kernel."""
     from gnconvert.architecture import gn_r50_fpn
     from gnconvert.model import build_network
+    from gnconvert.model.norm import set_group_norm_kernel
 
     net = build_network(gn_r50_fpn()).eval().to(device, dtype)
     images = torch.randn(batch, 3, 800, 1216, device=device, dtype=dtype)
     results = {}
-    previous = os.environ.get("GNCONVERT_GN_KERNEL")
-    try:
-        for choice in ("triton", "torch"):
-            os.environ["GNCONVERT_GN_KERNEL"] = choice
-            with torch.inference_mode():
-                results[choice] = time_ms(lambda: net(images))
-    finally:
-        if previous is None:
-            os.environ.pop("GNCONVERT_GN_KERNEL", None)
-        else:
-            os.environ["GNCONVERT_GN_KERNEL"] = previous
+    for choice in ("triton", "torch"):
+        set_group_norm_kernel(net, choice == "triton")
+        with torch.inference_mode():
+            results[choice] = time_ms(lambda: net(images))
     print(f"  end to end (body+FPN+RPN, batch {batch}, {str(dtype)[6:]}): with kernel {results['triton']:.3f} ms, "
           f"PyTorch GN {results['torch']:.3f} ms, speedup {results['torch'] / results['triton']:.2f}x")
 

@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from coco_fixture import GoldenPredictor, build_coco  # noqa: E402
 
-from gnconvert.evaluation import find_layout, run_verify  # noqa: E402
+from gnconvert.evaluation import VerifyConfig, find_layout, run_verify  # noqa: E402
 from gnconvert.evaluation.coco_eval import CocoEvaluator, load_annotations  # noqa: E402
 from gnconvert.evaluation.distributed import Workers, init_from_env  # noqa: E402
 from gnconvert.evaluation.run import predict_loop  # noqa: E402
-from gnconvert.results.partial import PartialResults  # noqa: E402
+from gnconvert.results.run_folder import RunFolder  # noqa: E402
 
 GOLDEN = golden_dir()
 
@@ -103,9 +103,9 @@ def loop_rate(predictor, layout, n: int, batch_size: int, workers: int, folder: 
     ann = load_annotations(layout.annotations)
     items = [(int(im["id"]), layout.images / im["file_name"])
              for im in sorted(ann["images"], key=lambda im: im["id"])[:n]]
-    partial = PartialResults(folder, {"source": "bench"})
-    partial.clear()
-    _, seconds, predict_s, _ = predict_loop(predictor, items, Workers(), partial, batch_size, workers, False, print)
+    store = RunFolder(folder, "verify", {"source": "bench"}, exclusive=False)
+    store.claim(resume=False, warn=lambda s: None)
+    _, seconds, predict_s, _ = predict_loop(predictor, items, Workers(), store, batch_size, workers, False, print)
     return n / seconds, predict_s / seconds
 
 
@@ -118,9 +118,9 @@ def worker(args) -> None:
             evaluator = "faster-coco-eval"
         except ImportError:
             evaluator = "pycocotools"
-        run_verify(make_predictor(args), find_layout(coco_root=args.coco_root), args.output, source="bench",
-                   batch_size=args.batch_size, workers=args.workers, progress=False, dist=dist,
-                   evaluator=evaluator, echo=lambda s: None)
+        config = VerifyConfig(find_layout(coco_root=args.coco_root), args.output, source="bench",
+                              batch_size=args.batch_size, workers=args.workers, progress=False, evaluator=evaluator)
+        run_verify(make_predictor(args), config, dist=dist, echo=lambda s: None)
     finally:
         dist.close()
 
@@ -183,8 +183,8 @@ def main() -> None:
         # measured inside one run, so immune to load from other processes: the share of the loop's
         # wall time spent in predict_batch (1.0 = the model never waits for data or bookkeeping)
         print(f"1b. model busy fraction of the verify loop: {max(busy):.3f} (target >= 0.9)")
-        report = run_verify(predictor, layout, tmp / "out", source="bench", batch_size=args.batch_size,
-                            workers=args.workers, progress=False, echo=lambda s: None)
+        report = run_verify(predictor, VerifyConfig(layout, tmp / "out", source="bench", batch_size=args.batch_size,
+                                                    workers=args.workers, progress=False), echo=lambda s: None)
 
         results = {t: json.loads(Path(report["files"][t]).read_text()) for t in ("bbox", "segm")}
         ann = load_annotations(layout.annotations)

@@ -77,6 +77,11 @@ def machine() -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is not None:
         info["threads"] = torch.get_num_threads()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # what ATen (and inductor) vectorise with
+        info["onednn_isa_cap"] = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+        from gnconvert.runtime import cpu as cpu_support
+
+        info["bf16_instructions"] = cpu_support.bf16_instructions()[1]
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -87,8 +92,12 @@ def machine_line() -> str:
     m = machine()
     n = m["threads"]
     threads = "not imported here" if n is None else f"{n} thread{'' if n == 1 else 's'}"
+    isa = ""
+    if m.get("cpu_capability"):
+        cap = f", oneDNN capped at {m['onednn_isa_cap']}" if m["onednn_isa_cap"] else ""
+        isa = f" [ATen {m['cpu_capability']}{cap}; bf16: {m['bf16_instructions']}]"
     return (f"machine: python {m['python']}, torch {m['torch'] or 'absent'} ({threads}), "
-            f"triton {m['triton'] or 'absent'}, CPU {m['cpu']} ({m['cpus']} available), GPU {m['gpu'] or 'none'}")
+            f"triton {m['triton'] or 'absent'}, CPU {m['cpu']} ({m['cpus']} available){isa}, GPU {m['gpu'] or 'none'}")
 
 
 # ----------------------------------------------------------------------------- timing

@@ -1,36 +1,40 @@
 #!/usr/bin/env python
-"""The GPU report: everything gnconvert claims on a GPU, measured in one call.
+"""The GPU report: everything gnconvert claims on a GPU, measured in one device call.
 
-    python scripts/gpu_report.py --out benchmarks/results        # a CUDA machine: <= 8 min on one H100
+    python scripts/gpu_report.py --out benchmarks/results        # a CUDA machine: under 8 min
     python scripts/gpu_report.py --dry-run --out /tmp/report      # anywhere: tiny shapes, Triton's interpreter
 
 The device call (scripts/gpu_bundle.sh prepares the wheels and golden files it carries;
-scripts/gpu_run.sh installs the wheels there and runs this with --out $OUT):
+scripts/gpu_run.sh installs the wheels there and runs this with --out $OUT); its header has
+the call to make, word for word.
 
-    bash scripts/gpu_bundle.sh          # here, once per session
-    device run: bash scripts/gpu_run.sh   carry [".whl", ".gl"]   timeout_s 540
-
-Steps, in this order, each in a process of its own with its own time box, so a crash
-or a hang in one still leaves the others' figures:
+A lent device gives 15 minutes in all, machine start included, and at most 600 s a call: the
+steps' time boxes (STEPS, the CUDA column) sum to under BUDGET_S = 480 s, and they run in
+the order of what each figure is worth, so that a run cut short keeps the most valuable ones.
+Each step runs in a process of its own, killed at its box, and the JSON and markdown are
+rewritten after every step, so a crash, a hang or the call's own timeout loses only the step
+it hit.
 
 1. env        GPU, memory, driver, torch / torchvision / triton / CUDA versions, and the
               peak memory bandwidth measured with a device-to-device copy;
-2. tests      `pytest -m gpu` on the kernel and model tests (full-size shapes on CUDA);
-3. groupnorm  every GroupNorm call site of R-50-FPN GN at 800x1216, batch 1 and 2,
-              float32 and bfloat16: the Triton kernel vs F.group_norm (+ add + ReLU as the
-              eager model runs it) in the same run, GB/s and % of the measured peak, the sum
-              over the network, and the floor (bytes it must move / measured bandwidth);
-4. predict    seconds per image of `predict` at batch 1 on the golden images, kernel on and
-              off (GNCONVERT_GN_KERNEL=torch), per stage (the clock synchronises CUDA), and
-              images/s of `predict_batch`;
-5. parity     tests/test_golden_parity.py on this device: Detectron's golden outputs, the
-              same criteria and report as the CPU tests, the Triton kernel in the loop;
+2. parity     tests/test_golden_parity.py on this device (R-50 cases): Detectron's golden
+              outputs, the same criteria and report as the CPU tests, the Triton kernel in the loop;
+3. groupnorm  every GroupNorm call site of R-50-FPN GN at 800x1216, batch 1 and 2, float32 and
+              bfloat16: the Triton kernel vs F.group_norm (+ add + ReLU as the eager model runs
+              it) in the same run, GB/s and % of the measured peak, the sum over the network, and
+              the floor (bytes it must move / measured bandwidth);
+4. predict    seconds per image of `predict` at batch 1 on the golden images, kernel on and off
+              (two models, one per GroupNorm backend), per stage (the clock synchronises CUDA),
+              and images/s of `predict_batch`;
+5. tests      `pytest -m gpu` on the kernel and model tests (full-size shapes on CUDA);
 6. verify     `gnconvert verify` images/s (and AP) on the COCO-format set built from the
               golden images (tests/coco_fixture.py);
 7. modes      fp32 (exact), tf32 and bf16 eager: s/image and fidelity to Detectron's golden
               outputs (strict and loose match shares, AP, FPN error: gnconvert.fidelity.mode_fidelity);
 8. compile    fp32 and bf16 under torch.compile from an empty cache: first call (compilation),
-              s/image, graphs compiled, fidelity; and the compiled fp32 golden parity.
+              s/image, graphs compiled, fidelity;
+9. export     the AOTInductor package for the device: build time, s/image against eager, and
+              its detections against eager's (scripts/bench_export.py).
 
 Writes OUT/<date>-<gpu>.json (everything, with the commit it measured) and OUT/<date>-<gpu>.md
 (the tables).  With --dry-run the same steps run on the CPU on tiny inputs with
@@ -57,17 +61,26 @@ sys.path.insert(0, str(SCRIPTS))
 import gpu_report_markdown  # noqa: E402  (scripts/ is not a package)
 from benchlib import GOLDEN_IMAGES, golden_dir  # noqa: E402
 
-# name -> (seconds on a GPU, seconds in a dry run)
+# name -> (time box on a GPU, time box in a dry run), in seconds, in the order the steps run: by what
+# their figures are worth, the scarcest first (the CUDA golden parity, the kernel against PyTorch's)
 STEPS = {
-    "env": (40, 60),
-    "tests": (90, 300),
-    "groupnorm": (70, 120),
-    "predict": (60, 180),
-    "parity": (100, 300),
-    "verify": (45, 180),
-    "modes": (60, 240),
-    "compile": (65, 300),
+    "env": (15, 60),
+    "parity": (90, 300),
+    "groupnorm": (60, 120),
+    "predict": (70, 180),
+    "tests": (45, 300),
+    "verify": (35, 180),
+    "modes": (45, 240),
+    "compile": (55, 300),
+    "export": (45, 300),
 }
+BUDGET_S = 480  # the CUDA boxes' sum stays under this: one call of 540 s, with the wheels' install and a margin
+DEVICE_CALL = 'run(command="bash scripts/gpu_run.sh", carry=[".whl", ".gl"], timeout_s=540)'
+
+
+def planned_seconds() -> int:
+    return sum(gpu for gpu, _ in STEPS.values())
+
 
 # ----------------------------------------------------------------------------- helpers
 def commit() -> str:
@@ -105,12 +118,13 @@ def seeded_checkpoint(dry: bool):
     return ckpt
 
 
-def seeded_detector(device, dry: bool):
-    """`seeded_checkpoint` as an exact-mode Detector on `device`."""
+def seeded_detector(device, dry: bool, group_norm: Optional[str] = None):
+    """`seeded_checkpoint` as an exact-mode Detector on `device` (group_norm: 'triton' or 'torch')."""
     from gnconvert.api import build_model
+    from gnconvert.runtime import Runtime
 
     ckpt = seeded_checkpoint(dry)
-    return build_model(ckpt, device), ckpt.arch
+    return build_model(ckpt, runtime=Runtime.resolve(device, group_norm=group_norm)), ckpt.arch
 
 
 def run_pytest(args: List[str], env: Dict[str, str], timeout: float) -> dict:
@@ -208,15 +222,13 @@ def step_predict(dry: bool) -> dict:
     import cv2
     import torch
 
-    from gnconvert.kernels.group_norm import KERNEL_ENV
-
     device, _ = device_and_dtypes(dry)
-    detector, _ = seeded_detector(device, dry)
     images = {name: cv2.imread(str(golden_dir() / "images" / name)) for name in GOLDEN_IMAGES[: 2 if dry else 5]}
     repeats = 1 if dry else 3
     out = {"device": str(device), "images": {}, "batch": {}}
-    for kernel in ("triton", "torch"):
-        os.environ[KERNEL_ENV] = kernel
+    for kernel in ("triton", "torch"):  # one model per GroupNorm backend, chosen when it is built
+        detector, _ = seeded_detector(device, dry, group_norm=kernel)
+        out.setdefault("group_norm", {})[kernel] = detector.group_norm
         for name, image in images.items():
             detector.predict(image)  # warm-up: compilation, cuDNN autotuning
             runs = []
@@ -237,7 +249,7 @@ def step_predict(dry: bool) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         out["batch"][kernel] = {"batch_size": len(batch), "images_per_s": repeats * len(batch) / (time.perf_counter() - t0)}
-    os.environ.pop(KERNEL_ENV, None)
+        del detector
     for per in out["images"].values():
         per["kernel_speedup"] = per["torch"]["seconds"] / per["triton"]["seconds"]
     return out
@@ -245,7 +257,8 @@ def step_predict(dry: bool) -> dict:
 
 def step_parity(dry: bool) -> dict:
     device, _ = device_and_dtypes(dry)
-    args = ["-s", "tests/test_golden_parity.py", "-k", "not compiled"]  # the compile step measures that mode
+    # R-50 (GN and BN*): R-101 has the same layers and twice the seeded checkpoint to build
+    args = ["-s", "-m", "not slow", "tests/test_golden_parity.py", "-k", "not compiled"]
     if dry:
         args[-1] = "matches_detectron and not compiled and R-50-FPN-GN_seed1-chelsea"
     result = run_pytest(args, {"GNCONVERT_TEST_DEVICE": str(device), **({"TRITON_INTERPRET": "1"} if dry else {})},
@@ -260,15 +273,16 @@ def step_verify(dry: bool) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     from coco_fixture import build_coco
 
-    from gnconvert.evaluation import find_layout, run_verify
+    from gnconvert.evaluation import VerifyConfig, find_layout, run_verify
 
     device, _ = device_and_dtypes(dry)
     detector, _ = seeded_detector(device, dry)
     with tempfile.TemporaryDirectory(prefix="gnconvert-gpu-report-") as tmp:
         coco = build_coco(Path(tmp) / "coco", golden_dir(), copies=1 if dry else 20)
         t0 = time.perf_counter()
-        report = run_verify(detector, find_layout(Path(coco["root"])), Path(tmp) / "out", source="seeded R-50-FPN GN",
-                            limit=2 if dry else None, workers=0 if dry else 4, progress=False, echo=lambda s: None)
+        config = VerifyConfig(find_layout(Path(coco["root"])), Path(tmp) / "out", source="seeded R-50-FPN GN",
+                              limit=2 if dry else None, workers=0 if dry else 4, progress=False)
+        report = run_verify(detector, config, echo=lambda s: None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
@@ -302,9 +316,20 @@ def step_compile(dry: bool) -> dict:
     return _time_modes(names, dry, ["tiny_chelsea.png"] if dry else GOLDEN_IMAGES)
 
 
+def step_export(dry: bool) -> dict:
+    """The AOTInductor package for the device (scripts/bench_export.py builds, times and checks it)."""
+    import cv2
+    from bench_export import aoti_step
+
+    device, _ = device_and_dtypes(dry)
+    images = [cv2.imread(str(golden_dir() / "images" / n)) for n in GOLDEN_IMAGES[: 1 if dry else 2]]
+    return {"device": str(device), **aoti_step(seeded_checkpoint(dry), device, images, dry)}
+
+
 STEP_FUNCTIONS: Dict[str, Callable[[bool], dict]] = {
     "env": step_env, "tests": step_tests, "groupnorm": step_groupnorm, "predict": step_predict,
     "parity": step_parity, "verify": step_verify, "modes": step_modes, "compile": step_compile,
+    "export": step_export,
 }
 
 
@@ -345,11 +370,35 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
+def _boxes(dry: bool, overrides: List[str]) -> Dict[str, float]:
+    boxes = {name: float(box[1 if dry else 0]) for name, box in STEPS.items()}
+    for item in overrides:
+        name, _, seconds = item.partition("=")
+        if name not in boxes or not seconds:
+            raise SystemExit(f"--box {item}: write STEP=SECONDS with a step of {', '.join(STEPS)}")
+        boxes[name] = float(seconds)
+    return boxes
+
+
+def _write(report: dict, out: Path, dry: bool) -> Path:
+    """Both files, each replaced atomically: a run killed at any point leaves the last complete pair."""
+    env = report["steps"].get("env", {}).get("result", {})
+    gpu = "dry-run-cpu" if dry else slug(env.get("gpu", "unknown-gpu"))
+    stem = out / f"{report['date'][:10]}-{gpu}"
+    for path, text in ((stem.with_suffix(".json"), json.dumps(report, indent=1, default=str) + "\n"),
+                       (stem.with_suffix(".md"), gpu_report_markdown.markdown(report))):
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return stem
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for the .json and .md")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny inputs, Triton's interpreter")
     ap.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS), help="a subset, in order")
+    ap.add_argument("--box", action="append", default=[], metavar="STEP=SECONDS", help="another time box for a step")
     ap.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -360,23 +409,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             json.dump(result, f, indent=1, default=str)
         return 0
 
+    boxes = _boxes(args.dry_run, args.box)
+    plan = ", ".join(f"{name} {gpu}" for name, (gpu, _) in STEPS.items())
+    print(f"[gpu_report] CUDA time boxes (s): {plan}; sum {planned_seconds()} of the {BUDGET_S} s budget "
+          f"(device call: {DEVICE_CALL})", flush=True)
     started = time.perf_counter()
     report = {"commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "dry_run": args.dry_run, "steps": {}}
-    for name in args.steps:
-        timeout = STEPS[name][1 if args.dry_run else 0]
-        print(f"[gpu_report] {name} (up to {timeout} s) ...", flush=True)
-        report["steps"][name] = run_step(name, args.dry_run, timeout)
-        print(f"[gpu_report] {name}: {report['steps'][name]['status']} in {report['steps'][name]['seconds']} s",
-              flush=True)
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
-    env = report["steps"].get("env", {}).get("result", {})
-    gpu = "dry-run-cpu" if args.dry_run else slug(env.get("gpu", "unknown-gpu"))
+              "dry_run": args.dry_run, "budget_s": BUDGET_S,
+              "planned_s": {name: gpu for name, (gpu, _) in STEPS.items()}, "steps": {}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{report['date'][:10]}-{gpu}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    stem.with_suffix(".md").write_text(gpu_report_markdown.markdown(report))
+    stem = None
+    for name in args.steps:
+        print(f"[gpu_report] {name} (up to {boxes[name]:.0f} s) ...", flush=True)
+        report["steps"][name] = run_step(name, args.dry_run, boxes[name])
+        print(f"[gpu_report] {name}: {report['steps'][name]['status']} in {report['steps'][name]['seconds']} s",
+              flush=True)
+        report["total_seconds"] = round(time.perf_counter() - started, 1)
+        stem = _write(report, out, args.dry_run)  # after every step: a cut run keeps what it measured
     print(f"[gpu_report] wrote {stem}.json and {stem}.md in {report['total_seconds']} s")
     return 0 if all(s["status"] == "ok" for s in report["steps"].values()) else 1
 

@@ -10,9 +10,11 @@ def markdown(report: dict) -> str:
     steps = report["steps"]
     lines = [f"# GPU report {report['date']}" + (" (DRY RUN: CPU, tiny inputs, figures meaningless)"
                                                  if report["dry_run"] else ""),
-             "", f"commit `{report['commit']}`, {report.get('total_seconds')} s in all", "",
-             "| step | status | seconds |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {s['status']} | {s['seconds']} |" for name, s in steps.items()]
+             "", f"commit `{report['commit']}`, {report.get('total_seconds')} s in all "
+             f"(CUDA time boxes sum to {sum(report.get('planned_s', {}).values())} of {report.get('budget_s')} s)", "",
+             "| step | status | seconds | box (CUDA) |", "| --- | --- | --- | --- |"]
+    planned = report.get("planned_s", {})
+    lines += [f"| {name} | {s['status']} | {s['seconds']} | {planned.get(name, '—')} |" for name, s in steps.items()]
     env = steps.get("env", {}).get("result")
     if env:
         lines += ["", "## Environment", "", "| | |", "| --- | --- |"]
@@ -77,6 +79,10 @@ def markdown(report: dict) -> str:
                          f"{_f(r.get('speedup_vs_fp32'), '.2f')} | {r['graphs']} | {100 * f['strict_share']:.1f}% | "
                          f"{100 * f['loose_share']:.1f}% | {_f(f['box_ap'], '.1f')} | {_f(f['mask_ap'], '.1f')} | "
                          f"{_f(f['fpn_rel_error'], '.1e')} |")
+    exp = steps.get("export", {}).get("result")
+    if exp:
+        lines += ["", f"## AOTInductor package ({exp['device']})", "", "| | |", "| --- | --- |"]
+        lines += [f"| {k} | {v if not isinstance(v, float) else _f(v, '.4f')} |" for k, v in exp.items() if k != "device"]
     failed = {n: s for n, s in steps.items() if s["status"] != "ok"}
     for name, s in failed.items():
         lines += ["", f"## {name}: {s['status']}", "", "```", s.get("log_tail", "")[-1500:], "```"]

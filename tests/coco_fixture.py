@@ -117,7 +117,7 @@ class GoldenPredictor:
 def _main(argv=None) -> int:
     """Verify a dataset with GoldenPredictor (what subprocess and torchrun tests run)."""
     from gnconvert.errors import GnconvertError
-    from gnconvert.evaluation import find_layout, run_verify
+    from gnconvert.evaluation import VerifyConfig, find_layout, run_verify
 
     p = argparse.ArgumentParser()
     p.add_argument("--coco-root", type=Path, required=True)
@@ -140,10 +140,10 @@ def _main(argv=None) -> int:
     published = {"box_ap": args.expect_box_ap, "mask_ap": args.expect_mask_ap} if args.expect_box_ap else None
     dist = init_from_env("cpu")
     try:
-        run_verify(GoldenPredictor(args.golden, args.tag, swap=swap, delay=args.delay),
-                   find_layout(coco_root=args.coco_root), args.output, source=f"golden:{args.tag}",
-                   published=published, tolerance=args.tolerance, limit=args.limit, batch_size=args.batch_size,
-                   workers=args.workers, resume=args.resume, progress=False, dist=dist)
+        config = VerifyConfig(find_layout(coco_root=args.coco_root), args.output, source=f"golden:{args.tag}",
+                              published=published, tolerance=args.tolerance, limit=args.limit,
+                              batch_size=args.batch_size, workers=args.workers, resume=args.resume, progress=False)
+        run_verify(GoldenPredictor(args.golden, args.tag, swap=swap, delay=args.delay), config, dist=dist)
     except GnconvertError as e:
         print(f"gnconvert: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -40,8 +40,7 @@ def detector_for(golden_dir, tmp_path_factory):
     def get(tag=None, mode="fp32"):
         """tag=None: whichever network is already built (any architecture will do).  mode:
         "fp32" (exact) or "fp32+compile"."""
-        from gnconvert.inference import modes
-        from gnconvert.inference.modes import RunMode
+        from gnconvert.runtime import RunMode, network_parts
 
         if tag is None:
             tag, mode = next(iter(cache), ("R-50-FPN-BN_seed1", "fp32"))
@@ -62,7 +61,7 @@ def detector_for(golden_dir, tmp_path_factory):
             cache.clear()  # one full-size network in memory at a time
             # two static image sizes (not 8): the golden images then run both ways the compiled
             # mode runs the body, a static graph and eager past the limit, at CI's compile cost
-            with mock.patch.object(modes, "COMPILED_IMAGE_SIZES", 2):
+            with mock.patch.object(network_parts, "COMPILED_IMAGE_SIZES", 2):
                 cache[(tag, mode)] = build_model(ckpt, DEVICE, RunMode.of("fp32", mode.endswith("+compile")))
         return cache[(tag, mode)]
 
@@ -183,7 +182,7 @@ def test_compiled_fp32_matches_detectron(golden_dir, detector_for, compile_cache
     only: one compilation per architecture is what CI can afford; R-101 has the same layers.)"""
     det = detector_for(tag, "fp32+compile")
     _judge(golden_dir, det, tag, image, exact=False)
-    assert 1 <= len(det._fast.compiled_sizes) <= 2, det._fast.compiled_sizes
+    assert 1 <= len(det.parts.compiled_sizes) <= 2, det.parts.compiled_sizes
 
 
 def _judge(golden_dir, det, tag, image, exact=True):

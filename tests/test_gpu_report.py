@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STEPS_RUN = ["env", "parity", "groupnorm", "predict", "tests", "verify", "modes", "compile"]
 
 
 def _report_module():
@@ -21,13 +22,16 @@ def _report_module():
 
 
 def test_dry_run_writes_every_step(tmp_path, golden_dir):
-    done = subprocess.run([sys.executable, "scripts/gpu_report.py", "--dry-run", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run([sys.executable, "scripts/gpu_report.py", "--dry-run", "--out", str(tmp_path), "--steps",
+                           *STEPS_RUN], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    gpu_report = _report_module()
+    plan = ", ".join(f"{name} {gpu}" for name, (gpu, _) in gpu_report.STEPS.items())
+    assert f"CUDA time boxes (s): {plan}; sum {gpu_report.planned_seconds()} of the 480 s budget" in done.stdout
     [json_file] = tmp_path.glob("*-dry-run-cpu.json")
     report = json.loads(json_file.read_text())
     assert report["dry_run"] and report["commit"] != "unknown"
-    assert list(report["steps"]) == ["env", "tests", "groupnorm", "predict", "parity", "verify", "modes", "compile"]
+    assert list(report["steps"]) == STEPS_RUN
     assert all(s["status"] == "ok" for s in report["steps"].values()), report["steps"]
     steps = {name: s["result"] for name, s in report["steps"].items()}
     assert steps["env"]["torch"] and steps["env"]["dry_run"]
@@ -45,9 +49,26 @@ def test_dry_run_writes_every_step(tmp_path, golden_dir):
     assert "## Run modes: compile (cpu)" in markdown and "| fp32+compile |" in markdown
 
 
-def test_a_step_over_its_time_box_is_killed_and_reported():
+def test_the_cuda_time_boxes_fit_one_device_call():
+    """A lent device runs one call of at most 600 s (540 asked for, the wheels' install inside it):
+    the boxes must sum to under 480 s, most valuable steps first."""
     gpu_report = _report_module()
+    assert sum(gpu for gpu, _ in gpu_report.STEPS.values()) == gpu_report.planned_seconds() < 480
+    assert gpu_report.BUDGET_S == 480
+    assert list(gpu_report.STEPS)[:4] == ["env", "parity", "groupnorm", "predict"]
+    header = (REPO / "scripts" / "gpu_run.sh").read_text().split("set -uo")[0]
+    assert 'carry: [".whl", ".gl"]' in header and "timeout_s: 540" in header and "bash scripts/gpu_run.sh" in header
+
+
+def test_a_step_over_its_time_box_is_killed_and_the_earlier_ones_kept(tmp_path, golden_dir):
     t0 = time.perf_counter()
-    entry = gpu_report.run_step("predict", True, 3)
-    assert time.perf_counter() - t0 < 30
-    assert entry["status"] == "timed out after 3 s" and "result" not in entry
+    done = subprocess.run([sys.executable, "scripts/gpu_report.py", "--dry-run", "--out", str(tmp_path), "--steps",
+                           "env", "predict", "--box", "predict=3"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert time.perf_counter() - t0 < 200
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    [json_file] = tmp_path.glob("*-dry-run-cpu.json")
+    steps = json.loads(json_file.read_text())["steps"]
+    assert steps["env"]["status"] == "ok" and steps["env"]["result"]["torch"]
+    assert steps["predict"]["status"] == "timed out after 3 s" and "result" not in steps["predict"]
+    assert "| predict | timed out after 3 s |" in json_file.with_suffix(".md").read_text()

@@ -19,7 +19,7 @@ pytest.importorskip("triton")
 import gnconvert.kernels.group_norm as gn_module  # noqa: E402
 from gnconvert import kernels  # noqa: E402
 from gnconvert.errors import UsageError  # noqa: E402
-from gnconvert.kernels import GroupNorm, GroupNormReLU, is_available  # noqa: E402
+from gnconvert.kernels import GroupNorm, GroupNormReLU, choose_backend  # noqa: E402
 from gnconvert.kernels import group_norm_kernels as K  # noqa: E402
 from gnconvert.kernels import group_norm_launch as L  # noqa: E402
 from gnconvert.kernels.group_norm import group_norm  # noqa: E402
@@ -133,7 +133,7 @@ def test_both_backward_paths_are_reached(shape, groups, one_kernel):
     if DEVICE.type == "cuda":
         pytest.skip("interpreter tuning only")
     x = make_input(shape[0], shape[1], shape[2:], torch.float64)
-    y, stats = gn_module._group_norm_forward(x, None, None, None, groups, 1e-5, False)
+    y, stats = gn_module._forward_triton(x, None, None, None, groups, 1e-5, False)
     dx = torch.empty_like(x)
     sums = L.backward_small_groups(torch.ones_like(x), x, None, None, stats, groups, False, False, dx, None)
     assert (sums is not None) == one_kernel
@@ -335,13 +335,31 @@ def test_module_forward_with_residual(relu):
     )
 
 
-def test_is_available_only_on_cuda(monkeypatch):
-    assert not is_available("cpu")
-    monkeypatch.setenv(gn_module.KERNEL_ENV, "torch")
-    assert not is_available("cuda")
-    monkeypatch.setenv(gn_module.KERNEL_ENV, "cudnn")
-    with pytest.raises(UsageError, match="GNCONVERT_GN_KERNEL"):
-        is_available("cuda")
+def test_the_backend_is_the_kernel_only_on_cuda_and_says_why():
+    cpu = choose_backend("cpu")
+    assert not cpu.kernel and str(cpu) == "torch (F.group_norm on cpu; the Triton kernel runs on CUDA)"
+    off = choose_backend("cuda", "torch")
+    assert not off.kernel and str(off) == "torch (F.group_norm: GNCONVERT_GN_KERNEL=torch)"
+    with pytest.raises(UsageError, match="GNCONVERT_GN_KERNEL='cudnn' is not a GroupNorm kernel"):
+        choose_backend("cuda", "cudnn")
+
+
+def test_a_module_runs_what_its_kernel_attribute_says(monkeypatch):
+    """kernel=True calls the op (the Triton kernels here, in the interpreter), False PyTorch's GroupNorm,
+    None decides once per device; TorchScript always gets PyTorch's."""
+    calls = []
+    real = gn_module.group_norm
+    monkeypatch.setattr(gn_module, "group_norm", lambda *a: calls.append("op") or real(*a))
+    x = make_input(2, 8, (3, 5), torch.float32)
+    for kernel, expected in ((True, ["op"]), (False, []), (None, ["op"] if choose_backend(x.device).kernel else [])):
+        calls.clear()
+        y = GroupNorm(4, 8, kernel=kernel).to(DEVICE)(x, relu=True)
+        assert calls == expected, kernel
+        torch.testing.assert_close(y.double(), reference(x, 4, relu=True), **TOL[torch.float32])
+    scripted = torch.jit.script(GroupNorm(4, 8, kernel=True).to(DEVICE))
+    calls.clear()
+    torch.testing.assert_close(scripted(x, None, True), F.relu(F.group_norm(x, 4)))
+    assert calls == []
 
 
 def test_reference_fallback_matches_float64():
@@ -379,12 +397,11 @@ def test_without_triton_kernels_import_and_fall_back():
         "import sys; sys.modules['triton'] = None\n"  # any `import triton` now raises ImportError
         "import torch, torch.nn.functional as F\nfrom gnconvert import kernels\n"
         "from gnconvert.kernels.group_norm import group_norm\n"
-        "assert not kernels.is_available('cpu') and not kernels.is_available('cuda')\n"
+        "assert not kernels.choose_backend('cpu').kernel and not kernels.choose_backend('cuda').kernel\n"
         "x = torch.randn(2, 8, 5, 7, dtype=torch.float64)\n"
         "assert torch.allclose(group_norm(x, 4, relu=True), F.relu(F.group_norm(x, 4)))\n"
         "x.requires_grad_(); group_norm(x, 4).sum().backward()\n"
-        "from gnconvert.model.norm import group_norm_backend\n"
-        "said = group_norm_backend('cuda')\n"
+        "said = str(kernels.choose_backend('cuda'))\n"
         "assert said.startswith('torch') and 'could not be loaded' in said and 'triton' in said, said\n"
         "print('fallback ok')\n"
     )
@@ -405,9 +422,9 @@ def test_another_package_named_kernels_does_not_replace_ours(tmp_path):
     code = (
         f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
         "import kernels; assert kernels.OTHER\n"
-        "from gnconvert.model.norm import _fused_kernel_module\n"
+        "import gnconvert.model.norm as norm\n"
         "from pathlib import Path\n"
-        "print(Path(_fused_kernel_module().__file__).resolve())\n"
+        "print(Path(sys.modules[norm.GroupNorm.__module__].__file__).resolve())\n"
     )
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)

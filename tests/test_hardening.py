@@ -107,7 +107,7 @@ def test_verify_on_a_partial_dataset_is_incomplete_not_pass(golden_dir, tmp_path
     from coco_fixture import GoldenPredictor, build_coco
 
     from gnconvert.errors import ParityError
-    from gnconvert.evaluation import find_layout, run_verify
+    from gnconvert.evaluation import VerifyConfig, find_layout, run_verify
 
     coco = build_coco(tmp_path / "coco", golden_dir)
     images = sorted((tmp_path / "coco" / "val2014").iterdir())
@@ -115,14 +115,14 @@ def test_verify_on_a_partial_dataset_is_incomplete_not_pass(golden_dir, tmp_path
         extra.unlink()  # 1 of the 5 images present
     layout = find_layout(tmp_path / "coco")
     with pytest.raises(ParityError, match="INCOMPLETE.*4 of 5 images could not be read"):
-        run_verify(GoldenPredictor(golden_dir), layout, tmp_path / "out", source="golden",
-                   published={"box_ap": 100.0, "mask_ap": 100.0}, workers=0, progress=False, echo=print)
+        run_verify(GoldenPredictor(golden_dir), VerifyConfig(layout, tmp_path / "out", source="golden",
+                   published={"box_ap": 100.0, "mask_ap": 100.0}, workers=0, progress=False), echo=print)
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verdict"]["overall"] == "INCOMPLETE" and report["images_skipped"] == 4
     assert "verdict: INCOMPLETE" in capsys.readouterr().out
     # a subset on purpose (--limit) is judged as asked
-    ok = run_verify(GoldenPredictor(golden_dir), layout, tmp_path / "out2", source="golden", limit=1,
-                    published={"box_ap": 100.0, "mask_ap": 100.0}, workers=0, progress=False, echo=print)
+    ok = run_verify(GoldenPredictor(golden_dir), VerifyConfig(layout, tmp_path / "out2", source="golden", limit=1,
+                    published={"box_ap": 100.0, "mask_ap": 100.0}, workers=0, progress=False), echo=print)
     assert ok["verdict"]["overall"] == "PASS" and coco["ids"]
 
 

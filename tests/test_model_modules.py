@@ -11,9 +11,10 @@ import torch
 from gnconvert.architecture import AFFINE, GN, REFERENCE_ARCHITECTURES
 from gnconvert.checkpoint.name_mapping import detectron_to_torch
 from gnconvert.fidelity.seeded import seeded_blobs
+from gnconvert.kernels.group_norm import group_norm_torch as group_norm
 from gnconvert.model import MaskRCNNNetwork, ResNetClassifier, build_network
 from gnconvert.model.fpn import FPN, upsample_nearest_2x
-from gnconvert.model.norm import AffineChannel, ConvNorm, GroupNorm, NoNorm, group_norm, make_norm
+from gnconvert.model.norm import AffineChannel, ConvNorm, GroupNorm, NoNorm, make_norm, set_group_norm_kernel
 from gnconvert.model.resnet import Bottleneck, ResNetBody
 from gnconvert.model.roi_heads import BoxPredictor, ConvFCBoxHead, MaskHead, MLPBoxHead
 from gnconvert.model.rpn import RPNHead
@@ -81,23 +82,27 @@ def test_functional_group_norm_without_affine():
 
 @pytest.mark.parametrize("relu,with_residual", [(False, False), (True, True)])
 def test_fused_kernel_wiring_gives_the_same_result(monkeypatch, relu, with_residual):
-    """Where the fused kernel is chosen (CUDA), our arguments reach it in its order.
-
-    Forced here on the CPU, where gnconvert.kernels.group_norm's op computes with torch arithmetic.
-    """
-    pytest.importorskip("gnconvert.kernels.group_norm")
-    from gnconvert.model import norm as norm_module
+    """Where the runtime chose the fused kernel (CUDA), a model's GroupNorm hands the op its arguments in
+    its order.  Chosen here on the CPU, where the op computes in Triton's interpreter."""
+    from gnconvert.kernels import group_norm as kernel_module
 
     x = torch.randn(2, 64, 5, 7, generator=gen())
     weight, bias = torch.rand(64, generator=gen(1)) + 0.5, torch.randn(64, generator=gen(2))
     residual = torch.randn(2, 64, 5, 7, generator=gen(3)) if with_residual else None
-    expected = group_norm(x, 32, weight, bias, 1e-5, residual, relu)
+    expected = group_norm(x, 32, weight, bias, 1e-5, None if residual is None else residual.clone(), relu)
+    conv = ConvNorm(64, 64, 3, norm=GN, num_groups=32, relu=relu)
+    with torch.no_grad():
+        conv.norm.weight.copy_(weight)
+        conv.norm.bias.copy_(bias)
     calls = []
-    fused = norm_module._fused_group_norm
-    monkeypatch.setattr(norm_module, "_use_fused_kernel", lambda t: True)
-    monkeypatch.setattr(norm_module, "_fused_group_norm", lambda *a: calls.append(a) or fused(*a))
-    torch.testing.assert_close(group_norm(x, 32, weight, bias, 1e-5, residual, relu), expected)
-    assert len(calls) == 1
+    real = kernel_module.group_norm
+    monkeypatch.setattr(kernel_module, "group_norm", lambda *a: calls.append(a) or real(*a))
+    with torch.no_grad():
+        assert torch.equal(conv.norm(x, residual, relu), expected)  # built as gnconvert builds: PyTorch's
+        assert calls == []
+        set_group_norm_kernel(conv, True)
+        torch.testing.assert_close(conv.norm(x, residual, relu), expected)
+    assert len(calls) == 1 and calls[0][1:5] == (32, conv.norm.weight, conv.norm.bias, 1e-5)
 
 
 def test_no_norm_only_adds_and_rectifies():
@@ -117,7 +122,7 @@ def test_make_norm_kinds():
 def test_conv_norm_has_a_bias_only_without_norm():
     assert ConvNorm(4, 8, 3, norm=GN, num_groups=4).conv.bias is None
     assert ConvNorm(4, 8, 3, norm="none").conv.bias is not None
-    assert ConvNorm(4, 8, 3).conv.padding == (1, 1)
+    assert ConvNorm(4, 8, 3, num_groups=4).conv.padding == (1, 1)
 
 
 # --------------------------------------------------------------------------- body
@@ -416,8 +421,11 @@ def test_other_networks_script_too(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_network_matches_cpu_with_the_fused_kernel():
     """On CUDA GroupNorm goes through gnconvert.kernels.group_norm; results agree with the CPU path."""
+    from gnconvert.kernels import choose_backend
+
     net = build_network(GN_R50).eval()
     net.load_state_dict(_mapped("e2e_mask_rcnn_R-50-FPN_2x_gn").torch_state_dict())
+    set_group_norm_kernel(net, choose_backend("cuda").kernel)
     x = torch.randn(1, 3, 128, 160, generator=gen()) * 50
     with torch.no_grad():
         cpu = net.features(x)

@@ -31,7 +31,7 @@ def test_selftest_fails_when_detectron_disagrees(tmp_path):
     for d in sorted(dets, key=lambda d: -d["score"])[:2]:
         d["category_index"] = d["category_index"] % 80 + 1
     ref.write_text(json.dumps(data))
-    result = selftest.run(device="cpu", workdir=str(tmp_path), bundle=bundle)
+    result = selftest.run(workdir=str(tmp_path), bundle=bundle)
     assert not result.passed
     assert result.report.match.matched_fraction == pytest.approx(0.98)
     assert "selftest FAILED" in result.format()

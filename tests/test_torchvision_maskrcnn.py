@@ -239,8 +239,8 @@ def test_group_norm_kernel_swap_keeps_weights_and_outputs(exported, monkeypatch)
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
 
     swapped = copy.deepcopy(head)
-    assert gnconvert.use_group_norm_kernel(swapped) == 2 and isinstance(swapped[0][1], GroupNorm)
-    monkeypatch.setattr(gn_module, "is_available", lambda device: True)  # the Triton kernel, interpreted on the CPU
+    # the kernel's op on the CPU: the Triton kernel, in Triton's interpreter (on CUDA, kernel=None picks it)
+    assert gnconvert.use_group_norm_kernel(swapped, kernel=True) == 2 and isinstance(swapped[0][1], GroupNorm)
     calls = []
     kernel = gn_module.group_norm
     monkeypatch.setattr(gn_module, "group_norm", lambda *a: calls.append(1) or kernel(*a))

@@ -21,7 +21,7 @@ from coco_fixture import GoldenPredictor, build_coco, golden_results
 
 from gnconvert.cli import main
 from gnconvert.errors import ParityError, UsageError
-from gnconvert.evaluation import detectron_order, find_layout, run_verify, to_results
+from gnconvert.evaluation import VerifyConfig, detectron_order, find_layout, run_verify, to_results
 from gnconvert.evaluation.coco_eval import AnnotationError
 
 GN = "R-50-FPN-GN_seed1"
@@ -33,7 +33,8 @@ def _run(golden_dir, info, out, **kw):
     kw.setdefault("workers", 0)
     kw.setdefault("progress", False)
     predictor = kw.pop("predictor", None) or GoldenPredictor(golden_dir, GN)
-    return run_verify(predictor, find_layout(coco_root=info["root"]), out, source="golden", **kw)
+    how = {k: kw.pop(k) for k in ("echo", "warn", "dist") if k in kw}
+    return run_verify(predictor, VerifyConfig(find_layout(coco_root=info["root"]), out, source="golden", **kw), **how)
 
 
 def _bytes(out: Path, dataset: str):

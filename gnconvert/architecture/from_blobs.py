@@ -29,12 +29,14 @@ def _shape(blobs: Mapping[str, Any], name: str) -> Tuple[int, ...]:
 
 def _infer_freeze_at(blobs: Mapping[str, Any]) -> int:
     """FREEZE_AT from which body blobs carry optimizer momentum (2 if none do)."""
-    if "conv1_w_momentum" in blobs:
+    from gnconvert.checkpoint.name_mapping import MOMENTUM_SUFFIX  # (the mapping imports this package)
+
+    if "conv1_w" + MOMENTUM_SUFFIX in blobs:
         return 0
     for stage in (3, 4, 5):
-        if f"res{stage}_0_branch2a_w_momentum" in blobs:
+        if f"res{stage}_0_branch2a_w{MOMENTUM_SUFFIX}" in blobs:
             return stage - 1
-    return 5 if any(k.endswith("_momentum") for k in blobs) else 2
+    return 5 if any(k.endswith(MOMENTUM_SUFFIX) for k in blobs) else 2
 
 
 def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import math
 from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from gnconvert.architecture.record import Architecture, BoxHeadType, Kind, MaskHeadType, Norm, TestSettings
+from gnconvert.architecture.record import (
+    BBOX_REG_WEIGHTS,
+    BBOX_XFORM_CLIP,
+    PIXEL_MEANS,
+    Architecture,
+    BoxHeadType,
+    Kind,
+    MaskHeadType,
+    Norm,
+    TestSettings,
+)
 from gnconvert.checkpoint.detectron_cfg import check_key
 from gnconvert.errors import CheckpointError, UsageError
 
@@ -21,7 +30,7 @@ from gnconvert.errors import CheckpointError, UsageError
 DETECTRON_DEFAULTS: Dict[str, Any] = {
     "MODEL": {
         "TYPE": "", "CONV_BODY": "", "NUM_CLASSES": -1, "CLS_AGNOSTIC_BBOX_REG": False,
-        "BBOX_REG_WEIGHTS": (10.0, 10.0, 5.0, 5.0), "FASTER_RCNN": False, "MASK_ON": False,
+        "BBOX_REG_WEIGHTS": BBOX_REG_WEIGHTS, "FASTER_RCNN": False, "MASK_ON": False,
         "KEYPOINTS_ON": False, "RPN_ONLY": False,
     },
     "RESNETS": {
@@ -55,8 +64,8 @@ DETECTRON_DEFAULTS: Dict[str, Any] = {
         "BBOX_AUG": {"ENABLED": False}, "MASK_AUG": {"ENABLED": False}, "KPS_AUG": {"ENABLED": False},
         "SOFT_NMS": {"ENABLED": False}, "BBOX_VOTE": {"ENABLED": False},
     },
-    "PIXEL_MEANS": (102.9801, 115.9465, 122.7717),
-    "BBOX_XFORM_CLIP": math.log(1000.0 / 16.0),
+    "PIXEL_MEANS": PIXEL_MEANS,
+    "BBOX_XFORM_CLIP": BBOX_XFORM_CLIP,
 }
 
 _BODIES = {"FPN.add_fpn_ResNet50_conv5_body": 50, "FPN.add_fpn_ResNet101_conv5_body": 101}

@@ -76,6 +76,13 @@ def resnet_stages(depth: int) -> Tuple[Stage, ...]:
                  for i, b in zip((2, 3, 4, 5), _BLOCKS[depth]))
 
 
+# Detectron's own constants (core/config.py), the one copy: the model record's defaults and the cfg
+# reader's fallbacks (architecture.from_cfg.DETECTRON_DEFAULTS) both read them
+PIXEL_MEANS = (102.9801, 115.9465, 122.7717)  # BGR, subtracted; no division by a standard deviation
+BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+
+
 @dataclass(frozen=True)
 class TestSettings:
     """Detectron's TEST.* (and MRCNN.THRESH_BINARIZE) values in force at inference."""
@@ -129,9 +136,9 @@ class Architecture:
     mask_sampling_ratio: int = 2
     # data and decoding
     num_classes: int = 81  # background + 80 COCO classes
-    pixel_means: Tuple[float, ...] = (102.9801, 115.9465, 122.7717)  # BGR
-    bbox_reg_weights: Tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)
-    bbox_xform_clip: float = math.log(1000.0 / 16.0)
+    pixel_means: Tuple[float, ...] = PIXEL_MEANS
+    bbox_reg_weights: Tuple[float, ...] = BBOX_REG_WEIGHTS
+    bbox_xform_clip: float = BBOX_XFORM_CLIP
     test: TestSettings = field(default_factory=TestSettings)
     # training provenance: decides which blobs a checkpoint carries besides the
     # parameters (optimizer momentum for trained ones, the unused ImageNet fc)
@@ -152,6 +159,12 @@ class Architecture:
     @property
     def stages(self) -> Tuple[Stage, ...]:
         return resnet_stages(self.depth)
+
+    @property
+    def uses_group_norm(self) -> bool:
+        """Any GroupNorm in the network (body, FPN or heads); the BN* models have none."""
+        return (Norm.GN in (self.norm, self.fpn_norm) or self.box_head == BoxHeadType.CONVS_FC_GN
+                or self.mask_head == MaskHeadType.CONVS_GN)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import click
 
+from gnconvert.architecture.record import Kind
 from gnconvert.commands.options import opts_option
 
 _MOMENTUM = "optimizer momentum"
@@ -58,13 +59,13 @@ def summarize(ckpt, source: str, converted: bool) -> Dict[str, Any]:
 
 def _group_norm_here(arch) -> str:
     """Which GroupNorm this machine would run the model with (CUDA if present)."""
-    if "GN" not in (arch.norm, arch.fpn_norm):
+    if not arch.uses_group_norm:
         return "none (a frozen-BN model)"
     import torch
 
-    from gnconvert.model.norm import group_norm_backend
+    from gnconvert.kernels.group_norm import choose_backend
 
-    return group_norm_backend("cuda" if torch.cuda.is_available() else "cpu")
+    return str(choose_backend("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _lines(s: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -84,7 +85,7 @@ def _lines(s: Dict[str, Any]) -> List[Tuple[str, str]]:
         ("parameters", f"{s['parameter_count']:,} in {s['parameter_tensors']} tensors"),
         ("body", f"R-{st['depth']}, {norm}, stride in {'1x1' if st['stride_in_1x1'] else '3x3'}"),
     ]
-    if s["architecture_record"]["kind"] == "classifier":
+    if s["architecture_record"]["kind"] == Kind.CLASSIFIER:
         lines.append(("classes", f"{st['num_classes']} ImageNet classes (fc `pred`)"))
     else:
         lines += [

@@ -6,6 +6,7 @@ from typing import List, Tuple
 
 import click
 
+from gnconvert.architecture.record import Kind
 from gnconvert.zoo import catalog, download
 
 
@@ -34,7 +35,7 @@ def command(as_json: bool) -> None:
     rows: List[Tuple[str, ...]] = []
     for e in entries:
         cached = [w for w, p in _cached(e).items() if p]
-        if e.kind == "classifier":
+        if e.kind == Kind.CLASSIFIER:
             model, box, mask = f"{e.name} ImageNet, top-1 err {e.published['top1_error']}%", "-", "-"
         else:
             model = e.name + (" (superseded)" if e.superseded else "")

@@ -16,3 +16,23 @@ compile_option = click.option(
     "--compile/--no-compile", "compile_", default=False, show_default=True,
     help="torch.compile the network (first run compiles for about a minute; cached for later runs); "
          "not bit-exact.")
+allow_slow_option = click.option(
+    "--allow-slow", is_flag=True,
+    help="Run a fast mode even where this machine would run it slower than fp32 (it is refused otherwise).")
+
+
+def runtime_options(command):
+    """--device, --precision, --compile and --allow-slow, which `resolve_runtime` turns into one Runtime."""
+    for option in (allow_slow_option, compile_option, precision_option, device_option):
+        command = option(command)
+    return command
+
+
+def resolve_runtime(device: str, precision: str = "fp32", compile_: bool = False, allow_slow: bool = False):
+    """The run's Runtime, checked before any file is looked at; an allowed slow mode's warning on stderr."""
+    from gnconvert.runtime import Runtime
+
+    runtime = Runtime.resolve(device, precision, compile_, allow_slow)
+    for message in runtime.warnings:
+        click.echo(f"gnconvert: warning: {message}", err=True)
+    return runtime

@@ -1,10 +1,9 @@
 """gnconvert predict: detections for images, as COCO results JSON and annotated PNGs.
 
-The output folder is ours or it is refused: a manifest (`.gnconvert-predict.json`) marks
-it, results are saved per image as they come (`partial/`), and the final files
-(`results_bbox.json`, `results_segm.json`, `images.json`) are written when the run ends.
-A rerun with --resume continues after the images already done; a rerun without it
-replaces our earlier files as a set; a folder holding anything else is never touched.
+The output folder is ours or it is refused (`results.run_folder`, exclusive): results are
+saved per image as they come, and the final files (`results_bbox.json`, `results_segm.json`,
+`images.json`) are written when the run ends.  A rerun with --resume continues after the
+images already done; a rerun without it replaces our earlier files as a set.
 """
 from __future__ import annotations
 
@@ -18,10 +17,10 @@ from typing import List, Optional
 
 import click
 
-from gnconvert.commands.options import compile_option, device_option, opts_option, precision_option
+from gnconvert.commands.options import opts_option, resolve_runtime, runtime_options
 from gnconvert.errors import GnconvertError, Interrupted, UsageError
+from gnconvert.results.run_folder import RunFolder
 
-MANIFEST = ".gnconvert-predict.json"
 RESULT_FILES = ("results_bbox.json", "results_segm.json", "images.json")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
 
@@ -61,62 +60,6 @@ def _file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-class OutputFolder:
-    """The -o folder: ours (manifest), new, or refused; our files replaced as a set."""
-
-    def __init__(self, folder: Path, fingerprint: dict, resume: bool):
-        from gnconvert.atomic import prepare_folder
-        from gnconvert.results.partial import PartialResults
-
-        self.folder = folder
-        self.fingerprint = fingerprint
-        existing = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        ours = MANIFEST in existing
-        if existing and not ours:
-            raise UsageError(f"output folder {folder} is not empty and was not written by gnconvert predict; "
-                             "choose a new or empty folder with -o")
-        if resume and not ours:
-            raise UsageError(f"nothing to resume in {folder}: no earlier gnconvert predict run there; drop --resume")
-        self.created = not folder.exists()
-        prepare_folder(folder)
-        self.partial = PartialResults(folder / "partial", fingerprint)
-        if ours and not resume:
-            self._remove_previous()
-        self.done = self.partial.load() if resume else {}
-        self._write_manifest()
-
-    def _remove_previous(self) -> None:
-        """A new run into our own folder: the earlier run's files go, all of them."""
-        try:
-            previous = json.loads((self.folder / MANIFEST).read_text()).get("written", [])
-        except (OSError, ValueError):
-            previous = []
-        for name in set(previous) | set(RESULT_FILES):
-            path = self.folder / name
-            if path.parent == self.folder and path.is_file():
-                path.unlink()
-        self.partial.clear()
-
-    def _write_manifest(self, written: Optional[List[str]] = None) -> None:
-        from gnconvert.atomic import write_json_atomic
-
-        write_json_atomic(self.folder / MANIFEST, {"tool": "gnconvert predict", "fingerprint": self.fingerprint,
-                                                   "written": written or []}, indent=1)
-
-    def finish(self, written: List[str]) -> None:
-        self._write_manifest(written)
-        self.partial.close()
-        self.partial.clear()
-
-    def discard_if_empty(self) -> None:
-        """A run that wrote no result leaves no folder it created."""
-        import shutil
-
-        self.partial.close()
-        if self.created and not self.partial.load():
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
 @click.command("predict")
 @click.argument("source")
 @click.argument("inputs", nargs=-1, required=True)
@@ -132,14 +75,12 @@ class OutputFolder:
               help="Draw detections scoring at least this.")
 @click.option("--no-masks", is_flag=True, help="Skip the mask head.")
 @click.option("--no-draw", is_flag=True, help="Write JSON only.")
-@device_option
+@runtime_options
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Detectron YAML config for a .pkl that embeds none.")
 @opts_option
-@precision_option
-@compile_option
 def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh, no_masks, no_draw, device,
-            config_path, opts, precision, compile_):
+            precision, compile_, allow_slow, config_path, opts):
     """Run SOURCE (model id, Detectron .pkl or converted .safetensors) on INPUTS: image files,
     folders of images, or glob patterns ('photos/**/*.jpg').
 
@@ -148,10 +89,10 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
     and images.json maps ids to file names and SHA-256 digests.  Unreadable images are skipped
     with a warning (the exit status is then 1); Ctrl-C keeps what is done for --resume.
     """
-    from gnconvert.api import load, resolve_device
-    from gnconvert.inference.modes import RunMode
+    from gnconvert.api import load
+    from gnconvert.inference.detector import Detector
 
-    RunMode.of(precision, compile_).check_device(resolve_device(device))  # before any file is looked at
+    runtime = resolve_runtime(device, precision, compile_, allow_slow)  # before any file is looked at
     images = expand_inputs(inputs)
     to_stdout = json_target == "-"
     if resume and to_stdout and outdir is None:
@@ -160,28 +101,32 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; pass a folder with -o")
 
-    model = load(source, device=device, config=config_path, opts=list(opts), precision=precision, compile=compile_)
-    if not hasattr(model, "predict_batch"):
+    model = load(source, config=config_path, opts=list(opts), runtime=runtime)
+    if not isinstance(model, Detector):
         raise UsageError(f"{source} is an ImageNet classifier backbone, not a detector; predict needs a Mask R-CNN "
                          "model (use gnconvert.load(...).predict in Python for its top-5 classes)")
     fingerprint = {"source": os.path.basename(os.fspath(source)), "provenance": model.provenance.get("source_md5"),
                    "masks": not no_masks, "min_score": min_score, "test": [list(o) for o in opts]}
-    mode = getattr(model, "mode", None)
-    if mode is not None and not mode.exact:  # a run's results all come from one mode; --resume checks it
+    mode = model.mode
+    if not mode.exact:  # a run's results all come from one mode; --resume checks it
         fingerprint["mode"] = mode.name
         click.echo(f"gnconvert: running in {mode.describe()}", err=True)
     folder = None
     existed = out is not None and out.exists()
+    earlier: dict = {}
     try:
-        folder = OutputFolder(out, fingerprint, resume) if out is not None else None
-        failed = _run(model, images, folder, to_stdout, min_score, draw_thresh, no_masks, no_draw or folder is None)
+        if out is not None:
+            folder = RunFolder(out, "predict", fingerprint, exclusive=True, final_files=RESULT_FILES)
+            earlier = folder.claim(resume, warn=lambda message: click.echo(message, err=True))
+        failed = _run(model, images, folder, earlier, to_stdout, min_score, draw_thresh, no_masks,
+                      no_draw or folder is None)
     except KeyboardInterrupt:
-        done = len(folder.partial.load()) if folder else 0
-        hint = (f"rerun the same command with --resume to continue in {folder.folder}" if done
+        finished = len(folder.partial.load()) if folder else 0
+        hint = (f"rerun the same command with --resume to continue in {folder.folder}" if finished
                 else "nothing was finished")
-        if folder is not None and not done:
+        if folder is not None and not finished:
             folder.discard_if_empty()
-        raise Interrupted(f"interrupted after {done} of {len(images)} images; {hint}") from None
+        raise Interrupted(f"interrupted after {finished} of {len(images)} images; {hint}") from None
     except BaseException:
         if folder is not None:
             folder.discard_if_empty()
@@ -193,18 +138,18 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
                              "the others' results are written")
 
 
-def _run(model, images, folder: Optional[OutputFolder], to_stdout, min_score, draw_thresh, no_masks, no_draw):
+def _run(model, images, folder: Optional[RunFolder], earlier: dict, to_stdout, min_score, draw_thresh, no_masks,
+         no_draw):
     import cv2
     from tqdm import tqdm
 
-    from gnconvert.atomic import output_error, write_bytes_atomic, write_json_atomic
+    from gnconvert.atomic import write_bytes_atomic, write_json_atomic
     from gnconvert.inference.preprocess import load_image
     from gnconvert.results.coco_results import detectron_order, to_results
     from gnconvert.results.draw import draw_detections
 
-    done = {(r["image"]["file_name"], r["image"]["sha256"]): r for r in folder.done.values()} if folder else {}
-    mode = getattr(model, "mode", None)
-    fast_mode = mode.name if mode is not None and not mode.exact else None
+    done = {(r["image"]["file_name"], r["image"]["sha256"]): r for r in earlier.values()}
+    fast_mode = None if model.mode.exact else model.mode.name
     records, failed, written = [], [], []
     bar = tqdm(images, unit="im", disable=len(images) < 2 or not sys.stderr.isatty(), file=sys.stderr)
     for image_id, path in enumerate(bar, start=1):
@@ -238,10 +183,7 @@ def _run(model, images, folder: Optional[OutputFolder], to_stdout, min_score, dr
             write_bytes_atomic(folder.folder / png, encoded.tobytes())
             written.append(png)
         if folder is not None:
-            try:
-                folder.partial.append([record], rank=0)
-            except OSError as e:
-                raise output_error(folder.partial.folder, e) from None
+            folder.append([record])
         records.append(record)
         shown = int((dets.scores >= draw_thresh).sum())
         tqdm.write(f"{path}: {len(dets)} detections ({shown} >= {draw_thresh}); "

@@ -8,7 +8,8 @@ from typing import Optional
 
 import click
 
-from gnconvert.commands.options import compile_option, device_option, opts_option, precision_option
+from gnconvert.architecture.record import Kind
+from gnconvert.commands.options import opts_option, resolve_runtime, runtime_options
 from gnconvert.errors import UsageError
 
 
@@ -19,19 +20,19 @@ def _catalog_entry(source: str):
     if Path(source).exists() or source not in catalog.load_catalog():
         return None
     entry = catalog.get(source)
-    if entry.kind != "mask_rcnn":
+    if entry.kind != Kind.MASK_RCNN:
         raise UsageError(f"model {entry.id} ({entry.title}) is an ImageNet classifier; "
                          "verify evaluates Mask R-CNN models on COCO")
     return entry
 
 
-def _model_loader(source: str, device: str, opts, precision: str, compile_: bool, backend: str = "gnconvert"):
+def _model_loader(source: str, runtime, opts, backend: str = "gnconvert"):
     """Load the model only when the data checks have passed (bad input fails in seconds)."""
     def load():
-        from gnconvert import load as load_detector
+        from gnconvert import api
         from gnconvert.export.torchvision_adapter import predictor_for
 
-        return predictor_for(load_detector(source, device, opts=opts, precision=precision, compile=compile_), backend)
+        return predictor_for(api.load(source, opts=opts, runtime=runtime), backend)
     return load
 
 
@@ -47,7 +48,7 @@ def _default_output(source: str) -> Path:
 @click.option("--annotations", type=click.Path(path_type=Path), help="The instances_*.json file itself.")
 @click.option("--images", type=click.Path(path_type=Path), help="The image folder itself.")
 @click.option("--limit", type=int, help="Evaluate only the first N images (by image id).")
-@device_option
+@runtime_options
 @click.option("--batch-size", type=int, default=1, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True, help="Image-decoding DataLoader workers.")
 @click.option("--output", type=click.Path(path_type=Path),
@@ -66,29 +67,27 @@ def _default_output(source: str) -> Path:
               help="gnconvert: our Detector (Detectron's exact test path); torchvision: torchvision's MaskRCNN "
                    "with the converted weights (gnconvert export --to torchvision), to measure what it costs.")
 @opts_option
-@precision_option
-@compile_option
 def command(source: str, coco_root: Optional[Path], annotations: Optional[Path], images: Optional[Path],
-            limit: Optional[int], device: str, batch_size: int, workers: int, output: Optional[Path],
-            tolerance: float, resume: bool, reference_results: bool, evaluator: str,
-            expect_box_ap: Optional[float], expect_mask_ap: Optional[float], progress: Optional[bool],
-            backend: str, opts, precision: str, compile_: bool) -> None:
+            limit: Optional[int], device: str, precision: str, compile_: bool, allow_slow: bool, batch_size: int,
+            workers: int, output: Optional[Path], tolerance: float, resume: bool, reference_results: bool,
+            evaluator: str, expect_box_ap: Optional[float], expect_mask_ap: Optional[float],
+            progress: Optional[bool], backend: str, opts) -> None:
     """Evaluate SOURCE (a model id from `gnconvert list`, or a checkpoint path) on COCO minival.
 
     Prints published vs measured box and mask AP with PASS/FAIL within --tolerance and
     exits non-zero on FAIL; writes Detectron-format results JSON and report.json.
     Many GPUs: torchrun --nproc_per_node K -m gnconvert verify ...
     """
-    from gnconvert.api import resolve_device
-    from gnconvert.evaluation import find_layout, run_verify
+    import dataclasses
+
+    import torch
+
+    from gnconvert.evaluation import VerifyConfig, find_layout, run_verify
     from gnconvert.evaluation.distributed import device_for_rank, init_from_env
     from gnconvert.export.torchvision_adapter import backend_mode
-    from gnconvert.inference.modes import RunMode
 
-    mode = RunMode.of(precision, compile_)
-    mode_record = backend_mode(mode.to_dict(), backend)  # a fast mode with --backend torchvision fails here
-    dev = resolve_device(device)
-    mode.check_device(dev)  # before any data is read
+    runtime = resolve_runtime(device, precision, compile_, allow_slow)  # before any data is read
+    mode_record = backend_mode(runtime.mode.to_dict(), backend)  # a fast mode with --backend torchvision fails here
     if tolerance < 0:
         raise UsageError(f"--tolerance {tolerance} must be >= 0")
     layout = find_layout(coco_root=coco_root, annotations=annotations, images=images)
@@ -98,9 +97,7 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
         published["box_ap"] = expect_box_ap
     if expect_mask_ap is not None:
         published["mask_ap"] = expect_mask_ap
-    device = str(dev)
-
-    dist = init_from_env(device)
+    dist = init_from_env(str(runtime.device))
     try:
         reference = None
         if reference_results:
@@ -111,11 +108,11 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
 
                 reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
                              "segm": download.fetch(entry.id, "masks")["masks"]}
-        run_verify(_model_loader(source, device_for_rank(device, dist), list(opts), precision, compile_, backend), layout,
-                   output or _default_output(source), source=source, published=published or None,
-                   tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
-                   evaluator=evaluator, reference=reference,
-                   progress=sys.stderr.isatty() if progress is None else progress, dist=dist,
-                   mode=mode_record, echo=click.echo)
+        rank_runtime = dataclasses.replace(runtime, device=torch.device(device_for_rank(str(runtime.device), dist)))
+        config = VerifyConfig(layout, output or _default_output(source), source=source, published=published or None,
+                              tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
+                              evaluator=evaluator, reference=reference, mode=mode_record,
+                              progress=sys.stderr.isatty() if progress is None else progress)
+        run_verify(_model_loader(source, rank_runtime, list(opts), backend), config, dist=dist, echo=click.echo)
     finally:
         dist.close()

@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from gnconvert.errors import UsageError
-from gnconvert.results.coco_results import group_by_image
+from gnconvert.results.coco_results import group_by_image, xywh_to_xyxy
 
 
 def load_results_file(path: Path, image_ids: Iterable[int]) -> List[dict]:
@@ -33,8 +33,7 @@ def load_results_file(path: Path, image_ids: Iterable[int]) -> List[dict]:
 
 
 def _xyxy(entries: Sequence[dict]) -> np.ndarray:
-    b = np.array([e["bbox"] for e in entries], np.float64).reshape(-1, 4)
-    return np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2] - 1.0, b[:, 1] + b[:, 3] - 1.0], axis=1)
+    return xywh_to_xyxy([e["bbox"] for e in entries])
 
 
 def _match(ref: List[dict], ours: List[dict], iou_threshold: float) -> List[Tuple[int, int]]:

@@ -123,12 +123,13 @@ def check_supported(arch: Architecture) -> None:
         if arch.norm != GN:
             raise UsageError(f"only GroupNorm ImageNet backbones convert to torchvision/timm, not {arch.norm}")
         return
-    fixed = dict(fpn_dim=256, rpn_min_level=2, rpn_max_level=6, roi_min_level=2, roi_max_level=5,
-                 roi_canonical_scale=224, roi_canonical_level=4, anchor_start_size=32, aspect_ratios=(0.5, 1.0, 2.0),
-                 box_roi_resolution=7, box_sampling_ratio=2, mask_roi_resolution=14, mask_sampling_ratio=2,
-                 mask_resolution=28, num_classes=81, gn_groups=32, gn_eps=1e-5, mlp_head_dim=1024,
-                 box_head_conv_dim=256, box_head_num_convs=4, mask_dim=256, coarsest_stride=32,
-                 bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), pixel_means=(102.9801, 115.9465, 122.7717))
+    builder = Architecture()  # what the builder lays out: the GN R-50-FPN's layout, Detectron's constants
+    fixed = {k: getattr(builder, k) for k in (
+        "fpn_dim", "rpn_min_level", "rpn_max_level", "roi_min_level", "roi_max_level", "roi_canonical_scale",
+        "roi_canonical_level", "anchor_start_size", "aspect_ratios", "box_roi_resolution", "box_sampling_ratio",
+        "mask_roi_resolution", "mask_sampling_ratio", "mask_resolution", "num_classes", "gn_groups", "gn_eps",
+        "mlp_head_dim", "box_head_conv_dim", "box_head_num_convs", "mask_dim", "coarsest_stride", "bbox_reg_weights",
+        "pixel_means")}
     differing = [f"{k}={getattr(arch, k)!r}" for k, v in fixed.items() if getattr(arch, k) != v]
     if (arch.norm == GN) != (arch.fpn_norm == GN) or arch.stride_in_1x1 == (arch.norm == GN):
         differing.append(f"norm={arch.norm}, fpn_norm={arch.fpn_norm}, stride_in_1x1={arch.stride_in_1x1}")

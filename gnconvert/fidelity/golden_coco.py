@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Iterable, List, Tuple
 
-import numpy as np
 from pycocotools import mask as mask_util
 
 from gnconvert.results import coco_categories
+from gnconvert.results.coco_results import xyxy_to_xywh
 from gnconvert.results.detections import rle_for_pycocotools
 
 
@@ -26,13 +26,12 @@ def ground_truth(entries: Iterable[Tuple[int, str, dict]], description: str = ""
         h, w = record["image_shape"][:2]
         images.append({"id": int(image_id), "file_name": file_name, "height": int(h), "width": int(w)})
         for det in record["detections"]:
-            x1, y1, x2, y2 = (float(np.float32(v)) for v in det["bbox_xyxy"])
             rle = det["segmentation"]
             area = float(mask_util.area(rle_for_pycocotools(rle)))
             annotations.append({
                 "id": len(annotations) + 1, "image_id": int(image_id),
                 "category_id": coco_categories.coco_id(det["category_index"]),
-                "bbox": [x1, y1, x2 - x1 + 1.0, y2 - y1 + 1.0], "area": area, "iscrowd": 0,
+                "bbox": [float(v) for v in xyxy_to_xywh(det["bbox_xyxy"])[0]], "area": area, "iscrowd": 0,
                 "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]},
             })
     return {"info": {"description": description}, "images": images, "annotations": annotations,

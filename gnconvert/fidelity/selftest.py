@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 if TYPE_CHECKING:
     from gnconvert.fidelity.mode_fidelity import ModeFidelity
     from gnconvert.fidelity.parity import ParityReport
-    from gnconvert.inference.modes import RunMode
+    from gnconvert.runtime import Runtime
 
 BUNDLE = Path(__file__).resolve().parents[1] / "data" / "selftest"
 TAG = "R-50-FPN-GN_seed1"
@@ -52,13 +52,16 @@ class SelftestResult:
         return "\n".join(lines)
 
 
-def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str], None] = lambda s: None,
-        bundle: Path = BUNDLE, mode: Optional[RunMode] = None) -> SelftestResult:
+def run(runtime: Optional[Runtime] = None, workdir: Optional[str] = None, log: Callable[[str], None] = lambda s: None,
+        bundle: Path = BUNDLE) -> SelftestResult:
     """Build, convert, run and compare; returns the result (never raises on a parity mismatch).
 
-    With a fast `mode`, the same converted model also runs in that mode and its fidelity to
-    Detectron's outputs is measured (`mode_fidelity`); the verdict stays the exact mode's."""
-    from gnconvert.api import build_model, resolve_device
+    The verdict is the exact mode's, on the runtime's device (default: the CPU).  With a fast mode
+    in `runtime`, the same converted model also runs in that mode and its fidelity to Detectron's
+    outputs is measured (`mode_fidelity`)."""
+    import dataclasses
+
+    from gnconvert.api import build_model
     from gnconvert.architecture import architecture_from_cfg
     from gnconvert.atomic import output_error
     from gnconvert.checkpoint.converted import save_converted
@@ -67,11 +70,10 @@ def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str],
     from gnconvert.checkpoint.sources import load_source
     from gnconvert.errors import UsageError
     from gnconvert.fidelity import golden_format, parity, seeded
-    from gnconvert.model.norm import group_norm_backend
+    from gnconvert.runtime import EXACT, Runtime
 
-    dev = resolve_device(device)
-    if mode is not None:
-        mode.check_device(dev)
+    runtime = runtime or Runtime.resolve("cpu")
+    exact = dataclasses.replace(runtime, mode=EXACT, warnings=())
     if workdir is not None:
         if not os.path.isdir(workdir):
             raise UsageError(f"--workdir {workdir} is not an existing folder; create it or leave --workdir out")
@@ -111,20 +113,20 @@ def run(device: str = "cpu", workdir: Optional[str] = None, log: Callable[[str],
 
         done = step("load converted .safetensors")
         converted = load_source(st)
-        model = build_model(converted, dev)
-        facts.append(f"GroupNorm: {group_norm_backend(dev)}")
+        model = build_model(converted, runtime=exact)
+        facts.append(f"GroupNorm: {exact.group_norm}")
         done()
 
-    done = step(f"predict {IMAGE} on {dev}")
+    done = step(f"predict {IMAGE} on {exact.device}")
     reference = golden_format.load(bundle, TAG, IMAGE)
     report = parity.check_image(model, reference, str(bundle / "images" / IMAGE))
     done()
     fast = None
-    if mode is not None and not mode.exact:
+    if not runtime.mode.exact:
         from gnconvert.fidelity import mode_fidelity
 
         del model
-        done = step(f"predict {IMAGE} in {mode.name} on {dev}")
-        fast = mode_fidelity.measure(build_model(converted, dev, mode), bundle, TAG, [IMAGE])
+        done = step(f"predict {IMAGE} in {runtime.mode.name} on {runtime.device}")
+        fast = mode_fidelity.measure(build_model(converted, runtime=runtime), bundle, TAG, [IMAGE])
         done()
     return SelftestResult(report=report, steps=steps, facts=facts, fast=fast)

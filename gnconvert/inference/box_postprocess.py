@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from gnconvert.inference import boxes as box_ops
+from gnconvert.inference import exportable
 from gnconvert.inference.nms import batched_nms
 
 
@@ -27,7 +28,7 @@ def class_boxes(
 ) -> Tensor:
     """`im_detect_bbox`'s decoded, clipped boxes (R, 4K) from rois (R, 4) in input pixels."""
     pred = box_ops.decode(box_ops.divide(rois, box_ops.float32(im_scale)), bbox_pred, weights, bbox_xform_clip)
-    return box_ops.clip_tiled(pred, float(height), float(width))
+    return box_ops.clip_tiled(pred, box_ops.as_float(height), box_ops.as_float(width))
 
 
 def results_with_nms_and_limit(
@@ -45,6 +46,9 @@ def results_with_nms_and_limit(
         0, pairs[:, 0], torch.ones_like(classes))
     keep = batched_nms(cand_boxes, cand_scores, lengths, box_ops.float32(nms_thresh))
     cand_boxes, cand_scores, classes = cand_boxes[keep], cand_scores[keep], classes[keep]
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("stages").limit_detections(cand_boxes, cand_scores, classes, detections_per_im)
     if 0 < detections_per_im < cand_scores.shape[0]:
         image_thresh = torch.sort(cand_scores)[0][-detections_per_im]
         limit = torch.nonzero(cand_scores >= image_thresh).reshape(-1)

@@ -11,15 +11,31 @@ from typing import List
 import torch
 from torch import Tensor
 
+from gnconvert.inference.exportable import exporting
+
 
 def float32(x: float) -> float:
     """x rounded to float32, the value Detectron's numpy compared against."""
+    if not torch.jit.is_scripting():
+        if isinstance(x, Tensor):  # an exported program's scale
+            return x.to(torch.float32)
     return float(torch.tensor(x, dtype=torch.float32).item())
+
+
+def as_float(x: int) -> float:
+    """float(x), kept symbolic while torch.export traces a size (float() would fix it to one value)."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return torch.sym_float(x)  # type: ignore[return-value]  # a SymFloat stands for a float
+    return float(x)
 
 
 def divide(x: Tensor, divisor: float) -> Tensor:
     """x / divisor as a true float32 division on every device (CUDA multiplies by the
     reciprocal of a Python-number divisor, which can differ in the last bit)."""
+    if not torch.jit.is_scripting():
+        if isinstance(divisor, Tensor):
+            return x / divisor.to(x.dtype)
     return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
 
 
@@ -29,7 +45,7 @@ def decode(boxes: Tensor, deltas: Tensor, weights: List[float], clip: float) -> 
     deltas is (R, 4K); dw and dh are clamped from above only, at `clip` rounded to
     float32 as Detectron's numpy (< 2) did.
     """
-    if boxes.shape[0] == 0:
+    if not exporting() and boxes.shape[0] == 0:
         return torch.zeros((0, deltas.shape[1]), dtype=deltas.dtype, device=deltas.device)
     boxes = boxes.to(deltas.dtype)
     widths = boxes[:, 2] - boxes[:, 0] + 1.0

@@ -132,7 +132,10 @@ def resize_each_above(x: Tensor, out_w: Tensor, out_h: Tensor, longest_w: int, l
     approx = torch.addcmul(top, bottom - top, wy[:, :, None])
     above = approx > threshold
     near = torch.nonzero((approx - threshold).abs() <= 1e-5)
-    if near.shape[0] > 0:
+    exporting = False
+    if not torch.jit.is_scripting():
+        exporting = torch.compiler.is_exporting()  # no branch on a traced size: fix up zero or more
+    if exporting or near.shape[0] > 0:
         i, y, c = near[:, 0], near[:, 1], near[:, 2]
         a, b, w = x0[i, c], x1[i, c], wx[i, c]
         upper = x[i, y0[i, y]]

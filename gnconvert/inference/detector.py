@@ -12,11 +12,12 @@ The stages, each a public method with tensors in and out, in the order they run:
     mask_head(feats, boxes, classes, .)   -> 28 x 28 probabilities (network)
     paste(probs, boxes, height, width)    -> mask crops and where they start
 
-`forward` runs them all on one (H, W, 3) uint8 BGR tensor; `torch.jit.script`
-saves this very module for `gnconvert export --to torchscript`.  `predict` and
-`predict_batch` are the Python API around the same stages (images of any kind in,
-`Detections` out, RLE masks made on the host at the end).  Parity checks call the
-stages one by one and feed Detectron's own input to any of them.
+`run_stages` runs everything after the image-level network for one image, and it is the one
+place the stages are chained: `forward` (what `torch.jit.script` saves for `gnconvert export
+--to torchscript`) calls it, `predict` / `predict_batch` (images of any kind in, `Detections`
+out, RLE masks made on the host at the end) call it, and the parity checks call it with a
+recorder for the intermediates and, where a stage is judged on its own, Detectron's own input
+to it.  The network parts run as the model's runtime says (gnconvert.runtime).
 
 Everything runs on the model's device.  Host syncs between the network and the
 final detections, each forced by a data-dependent size or decision:
@@ -36,9 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from gnconvert.architecture import Architecture, Kind
-from gnconvert.inference import box_postprocess, mask_postprocess, preprocess, proposals, roi_levels
+from gnconvert.inference import box_postprocess, clock, mask_postprocess, preprocess, proposals, roi_levels
 from gnconvert.inference.anchors import cell_anchors
-from gnconvert.inference.modes import EXACT, FastNetwork, exact_fp32
+from gnconvert.inference.exportable import exporting
+from gnconvert.inference.loaded import LoadedModel
+from gnconvert.runtime import Runtime
+from gnconvert.runtime.network_parts import NetworkParts
 
 OUTPUTS = {
     "boxes": "(N, 4) float32 x1, y1, x2, y2 in original-image pixels (Detectron's inclusive convention)",
@@ -49,42 +53,26 @@ OUTPUTS = {
 }
 
 
-class _Clock:
-    """Per-stage wall time; waits for the GPU so a stage is charged its own work."""
-
-    def __init__(self, device: torch.device):
-        self.sync = device.type == "cuda"
-        self.times: Dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.times[stage] = self.times.get(stage, 0.0) + now - self._t
-        self._t = now
-
-
-class Detector(nn.Module):
+class Detector(LoadedModel):
     """Detectron's Mask R-CNN inference around a `MaskRCNNNetwork`.
 
-    >>> det = Detector(network, arch).eval()
+    >>> det = Detector(network, arch, runtime).eval()   # gnconvert.api.build_model makes one
     >>> result = det.predict("image.jpg")      # Detections in original pixels
     >>> out = det(torch.from_numpy(cv2.imread("image.jpg")))   # dict of tensors (see OUTPUTS)
+
+    runtime: where and how the network parts run (default: the exact mode on the CPU), fixed for
+    the model's life; provenance: where its weights came from (model id, source md5), for reports.
     """
 
-    __jit_unused_properties__ = ["device"]
-    __jit_ignored_attributes__ = ["mode", "_fast"]
+    __jit_ignored_attributes__ = ["runtime", "parts", "provenance"]
 
-    def __init__(self, network: nn.Module, arch: Architecture):
-        super().__init__()
+    def __init__(self, network: nn.Module, arch: Architecture, runtime: Optional[Runtime] = None,
+                 provenance: Optional[Dict[str, str]] = None):
         if arch.kind != Kind.MASK_RCNN:
             raise ValueError(f"Detector needs a mask_rcnn architecture, not {arch.kind!r}")
+        super().__init__(network, arch, runtime, provenance)
         t = arch.test
-        self.network = network
-        self.arch = arch
-        self.mode = EXACT  # how the network parts run (gnconvert.inference.modes)
-        self._fast: Optional[FastNetwork] = None  # their runner in a fast mode
+        self.parts = NetworkParts(network, self.runtime)  # the network parts in the runtime's mode
         levels = range(arch.rpn_min_level, arch.rpn_max_level + 1)
         anchors = [torch.from_numpy(cell_anchors(2**k, arch.anchor_start_size * 2.0 ** (k - arch.rpn_min_level),
                                                  arch.aspect_ratios)) for k in levels]
@@ -116,24 +104,6 @@ class Detector(nn.Module):
         self.detections_per_im = int(t.detections_per_im)
         self.mask_thresh = float(t.mask_thresh_binarize)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
-    @torch.jit.unused
-    def set_mode(self, mode):
-        """Run the network parts in `mode` (a `modes.RunMode`), once, on the final device; the
-        exact mode is the default and leaves everything as it is."""
-        from gnconvert.errors import UsageError
-
-        if not self.mode.exact:
-            raise UsageError(f"this Detector already runs in {self.mode.name}; load the model again for another mode")
-        mode.check_device(self.device)
-        self.mode = mode
-        if not mode.exact:
-            self._fast = FastNetwork(self.network, mode, self.device)
-        return self
-
     # ------------------------------------------------------------------ stages
     def input_blob(self, image: Tensor) -> Tuple[Tensor, Tensor, float]:
         """(H, W, 3) uint8 BGR -> (1, 3, H_pad, W_pad) input, im_info (3,), the float64 scale."""
@@ -142,10 +112,7 @@ class Detector(nn.Module):
     def features(self, data: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """The image-level network: (N, 3, H, W) -> P2..P6, RPN logits (N, A, h, w), deltas (N, 4A, h, w)."""
         if not torch.jit.is_scripting():
-            if self._fast is not None:
-                return self._fast.image_level(data)
-            with exact_fp32():  # every eager caller, not only predict: cuDNN's TF32 default is off
-                return self.network(data)
+            return self.parts.image_level(data)  # every eager caller runs in the runtime's numerics
         return self.network(data)
 
     def proposals(self, logits: List[Tensor], deltas: List[Tensor], im_info: Tensor,
@@ -176,17 +143,14 @@ class Detector(nn.Module):
     def box_head(self, feats: List[Tensor], rois: Tensor) -> Tuple[Tensor, Tensor]:
         """RoIs (R, 4) of one image (feats of batch one) -> class probabilities (R, K), box deltas (R, 4K)."""
         x = self._pool(feats, rois, self.box_resolution, self.box_sampling_ratio)
-        if rois.shape[0] == 0:  # nothing survived the RPN: no detections, no crash
+        if not exporting() and rois.shape[0] == 0:  # nothing survived the RPN: no detections, no crash
             return x.new_zeros((0, self.num_classes)), x.new_zeros((0, 4 * self.num_classes))
         cls_score, bbox_pred = self._box_outputs(x)
         return torch.softmax(cls_score, dim=1), bbox_pred
 
     def _box_outputs(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         if not torch.jit.is_scripting():
-            if self._fast is not None:
-                return self._fast.box(x)
-            with exact_fp32():
-                return self.network.box_predictor(self.network.box_head(x))
+            return self.parts.box(x)
         return self.network.box_predictor(self.network.box_head(x))
 
     def box_results(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, scale: float, height: int,
@@ -201,7 +165,7 @@ class Detector(nn.Module):
     def mask_head(self, feats: List[Tensor], boxes: Tensor, classes: Tensor, scale: float) -> Tensor:
         """Final boxes (N, 4) in original pixels -> (N, 28, 28) probabilities of their own classes."""
         m = self.mask_resolution
-        if boxes.shape[0] == 0:
+        if not exporting() and boxes.shape[0] == 0:
             return torch.zeros((0, m, m), dtype=torch.float32, device=boxes.device)
         x = self._pool(feats, mask_postprocess.mask_rois(boxes, scale), self.mask_roi_resolution,
                        self.mask_sampling_ratio)
@@ -209,15 +173,65 @@ class Detector(nn.Module):
 
     def _mask_logits(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            if self._fast is not None:
-                return self._fast.mask(x)
-            with exact_fp32():
-                return self.network.mask_head(x)
+            return self.parts.mask(x)
         return self.network.mask_head(x)
 
     def paste(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tuple[List[Tensor], Tensor]:
         """Detectron's segm_results: each mask's binary crop inside the image and where it starts (y, x)."""
         return mask_postprocess.paste(probs, boxes, height, width, self.mask_thresh)
+
+    # ------------------------------------------------------------- the runner
+    def run_stages(self, feats: List[Tensor], logits: List[Tensor], deltas: List[Tensor], im_info: Tensor,
+                   padded_size: Tuple[int, int], scale: float, height: int, width: int, masks: bool = True,
+                   record: Optional[Dict[str, Tensor]] = None, rois: Optional[Tensor] = None,
+                   given: Optional[Tuple[Tensor, Tensor]] = None, times: Optional[Dict[str, float]] = None,
+                   paste: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor], Tensor]:
+        """One image after the image-level network (feats of batch one, its logits (A, h, w) and deltas
+        (4A, h, w)): proposals, RoIs, box head, detections, then (masks) mask head and paste.
+
+        -> boxes (N, 4), scores (N,), classes (N,), mask probabilities (N, 28, 28), mask crops and
+        where they start (N, 2).  record: filled with the intermediates under the golden files'
+        names; rois: these RoIs (R, 4) instead of ours; given: (boxes, classes) to run only the mask
+        stages on (scores come back empty); times: seconds per stage, added to; paste: False leaves
+        the paste to the caller (no crops come back)."""
+        if given is None:
+            level_boxes, level_scores = self.proposals(logits, deltas, im_info, padded_size)
+            ours = self.collect(level_boxes, level_scores)
+            rois = ours if rois is None else rois
+            if times is not None:
+                clock.lap(times, "proposals", im_info.device)
+            cls_prob, bbox_pred = self.box_head(feats, rois)
+            if times is not None:
+                clock.lap(times, "box_head", im_info.device)
+            boxes, scores, classes = self.box_results(rois, cls_prob, bbox_pred, scale, height, width)
+            if times is not None:
+                clock.lap(times, "box_results", im_info.device)
+            if record is not None:
+                for i in range(len(level_boxes)):
+                    record["rpn_rois_fpn" + str(self.rpn_min_level + i)] = level_boxes[i]
+                    record["rpn_roi_probs_fpn" + str(self.rpn_min_level + i)] = level_scores[i]
+                record["rois"] = rois
+                record["cls_prob"] = cls_prob
+                record["bbox_pred"] = bbox_pred
+        else:
+            boxes, classes = given
+            scores = torch.zeros((0,), dtype=torch.float32, device=boxes.device)
+        m = self.mask_resolution
+        probs = torch.zeros((0, m, m), dtype=torch.float32, device=boxes.device)
+        crops: List[Tensor] = []
+        starts = torch.zeros((0, 2), dtype=torch.int64, device=boxes.device)
+        if masks:
+            probs = self.mask_head(feats, boxes, classes, scale)
+            if times is not None:
+                clock.lap(times, "mask_head", im_info.device)
+            if paste:
+                crops, starts = self.paste(probs, boxes, height, width)
+            if times is not None:
+                clock.lap(times, "paste", im_info.device)
+            if record is not None:
+                record["mask_rois"] = mask_postprocess.mask_rois(boxes, scale)
+                record["mask_probs"] = probs
+        return boxes, scores, classes, probs, crops, starts
 
     # ----------------------------------------------------------------- forward
     def forward(self, image: Tensor) -> Dict[str, Tensor]:
@@ -230,15 +244,21 @@ class Detector(nn.Module):
             height, width = image.shape[0], image.shape[1]
             data, im_info, scale = self.input_blob(image)
             feats, logits, deltas = self.features(data)
-            level_boxes, level_scores = self.proposals([x[0] for x in logits], [x[0] for x in deltas], im_info,
-                                                       (data.shape[2], data.shape[3]))
-            rois = self.collect(level_boxes, level_scores)
-            cls_prob, bbox_pred = self.box_head(feats, rois)
-            boxes, scores, classes = self.box_results(rois, cls_prob, bbox_pred, scale, height, width)
-            probs = self.mask_head(feats, boxes, classes, scale)
-            crops, starts = self.paste(probs, boxes, height, width)
-            masks = mask_postprocess.dense(crops, starts, height, width)
+            traced = exporting()
+            boxes, scores, classes, probs, crops, starts = self.run_stages(
+                feats, [x[0] for x in logits], [x[0] for x in deltas], im_info, (data.shape[2], data.shape[3]), scale,
+                height, width, paste=not traced)
+            if traced:  # torch.export: masks straight from the probabilities (exportable.stages)
+                masks = self._paste_dense(probs, boxes, height, width)
+            else:
+                masks = mask_postprocess.dense(crops, starts, height, width)
         return {"boxes": boxes, "scores": scores, "classes": classes, "mask_probs": probs, "masks": masks}
+
+    @torch.jit.unused
+    def _paste_dense(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
+        from gnconvert.inference.exportable.stages import paste_dense
+
+        return paste_dense(probs, boxes, height, width, self.mask_thresh)
 
     # -------------------------------------------------------------- Python API
     @torch.jit.unused
@@ -264,52 +284,40 @@ class Detector(nn.Module):
                 t0 = time.perf_counter()
                 bgr = torch.from_numpy(preprocess.load_image(image, channel_order)).to(dev)
                 data, im_info, scale = self.input_blob(bgr)
-                clock = _Clock(dev)
-                clock.times["preprocess"] = time.perf_counter() - t0
-                prepared.append((bgr.shape[0], bgr.shape[1], data, im_info, scale, clock))
+                times = {"preprocess": time.perf_counter() - t0}
+                prepared.append((bgr.shape[0], bgr.shape[1], data, im_info, scale, times))
             groups: Dict[Tuple[int, int], List[int]] = {}
             for i, p in enumerate(prepared):
                 groups.setdefault((int(p[2].shape[2]), int(p[2].shape[3])), []).append(i)
             results: List[Optional[object]] = [None] * len(prepared)
             for idxs in groups.values():
-                clock = _Clock(dev)
+                shared: Dict[str, float] = {clock.LAST: time.perf_counter()}
                 feats, logits, deltas = self.features(torch.cat([prepared[i][2] for i in idxs]))
-                clock.lap("network")
+                clock.lap(shared, "network", self.device)
                 for j, i in enumerate(idxs):
-                    height, width, data, im_info, scale, own = prepared[i]
-                    own.times.update({k: v / len(idxs) for k, v in clock.times.items()})
-                    own._t = time.perf_counter()
-                    results[i] = self._heads(
-                        [f[j: j + 1] for f in feats], [x[j] for x in logits], [x[j] for x in deltas], im_info,
-                        (data.shape[2], data.shape[3]), scale, height, width, masks, dense_masks, own)
+                    height, width, data, im_info, scale, times = prepared[i]
+                    times.update({"network": shared["network"] / len(idxs), clock.LAST: time.perf_counter()})
+                    out = self.run_stages([f[j: j + 1] for f in feats], [x[j] for x in logits], [x[j] for x in deltas],
+                                          im_info, (data.shape[2], data.shape[3]), scale, height, width, masks,
+                                          times=times)
+                    results[i] = self._detections(out, height, width, masks, dense_masks, times)
         return results
 
     @torch.jit.unused
-    def _heads(self, feats, logits, deltas, im_info, padded_size, scale, height, width, masks, dense_masks,
-               clock: _Clock):
+    def _detections(self, out, height: int, width: int, masks: bool, dense_masks: bool, times: Dict[str, float]):
+        """run_stages' tensors -> Detections on the host, RLE masks encoded from the crops."""
         from gnconvert.inference import rle
         from gnconvert.results.detections import Detections
 
-        level_boxes, level_scores = self.proposals(logits, deltas, im_info, padded_size)
-        rois = self.collect(level_boxes, level_scores)
-        clock.lap("proposals")
-        cls_prob, bbox_pred = self.box_head(feats, rois)
-        clock.lap("box_head")
-        boxes, scores, classes = self.box_results(rois, cls_prob, bbox_pred, scale, height, width)
-        clock.lap("box_results")
+        boxes, scores, classes, probs, crops, starts = out
         det = Detections(boxes=boxes.cpu().numpy().reshape(-1, 4), scores=scores.cpu().numpy(),
                          classes=classes.cpu().numpy(), image_size=(height, width))
         if masks:
-            probs = self.mask_head(feats, boxes, classes, scale)
-            clock.lap("mask_head")
-            crops, starts = self.paste(probs, boxes, height, width)
             if dense_masks:
                 det.masks = mask_postprocess.dense(crops, starts, height, width).cpu().numpy()
-            host_crops = [c.cpu().numpy() for c in crops]
-            host_starts = starts.cpu().numpy()
-            clock.lap("paste")
             det.mask_probs = probs.cpu().numpy()
-            det.masks_rle = rle.encode(host_crops, host_starts, (height, width))
-            clock.lap("rle")
-        det.timings = dict(clock.times)
+            det.masks_rle = rle.encode([c.cpu().numpy() for c in crops], starts.cpu().numpy(), (height, width))
+            clock.lap(times, "rle", self.device)
+        times.pop(clock.LAST, None)
+        det.timings = dict(times)
         return det

@@ -26,7 +26,7 @@ from typing import List
 import torch
 from torch import Tensor
 
-from gnconvert.inference import sorting
+from gnconvert.inference import exportable, sorting
 from gnconvert.inference.boxes import pairwise_overlap_between
 
 
@@ -82,6 +82,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, lengths: Tensor, thresh: float, b
     boxes (N, 4) float32, scores (N,), thresh already rounded to float32 by the caller;
     budget bounds the (chunk, n, n) matrices' entries (64 MB as float32 by default).
     """
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("nms").batched_nms(boxes, scores, lengths, thresh)
     n = boxes.shape[0]
     dev = boxes.device
     if n == 0:

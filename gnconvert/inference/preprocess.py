@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gnconvert.errors import UsageError
+from gnconvert.inference import exportable
 from gnconvert.inference.cv2_resize import resize_by_factor, round_half_even
 
 CHANNEL_ORDERS = ("BGR", "RGB")
@@ -85,6 +86,9 @@ def input_blob(image: Tensor, pixel_means: Tensor, target: int, max_size: int, s
                ) -> Tuple[Tensor, Tensor, float]:
     """Detectron's `get_image_blob` for one (H, W, 3) uint8 BGR image tensor ->
     (1, 3, H_pad, W_pad) float32 input, im_info (3,) float32, and the float64 scale."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("stages").input_blob(image, pixel_means, target, max_size, stride)
     height, width = image.shape[0], image.shape[1]
     im = (image.to(torch.float64) - pixel_means).to(torch.float32)  # (H, W, 3)
     scale = compute_scale(float(height), float(width), target, max_size)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from gnconvert.inference import boxes as box_ops
-from gnconvert.inference import sorting
+from gnconvert.inference import exportable, sorting
 from gnconvert.inference.nms import batched_nms
 
 
@@ -55,7 +55,7 @@ def level_candidates(
     anchors = (cell_anchors[a] + shifts).to(torch.float32)
 
     boxes = box_ops.decode(anchors, deltas, [1.0, 1.0, 1.0, 1.0], bbox_xform_clip)
-    boxes = box_ops.clip_tiled(boxes, float(padded_size[0]), float(padded_size[1]))
+    boxes = box_ops.clip_tiled(boxes, box_ops.as_float(padded_size[0]), box_ops.as_float(padded_size[1]))
     keep = keep_sizable(boxes, min_size, im_info.reshape(-1))
     return boxes[keep], scores[keep]
 
@@ -78,6 +78,9 @@ def suppress_per_level(
     level_boxes: List[Tensor], level_scores: List[Tensor], nms_thresh: float, post_nms_top_n: int
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Each level's NMS (one batched call) and its first `post_nms_top_n` survivors."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("stages").suppress_per_level(level_boxes, level_scores, nms_thresh, post_nms_top_n)
     if nms_thresh <= 0:
         return level_boxes, level_scores
     boxes = torch.cat(level_boxes)

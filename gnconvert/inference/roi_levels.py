@@ -28,6 +28,8 @@ from typing import List, Tuple
 import torch
 from torchvision.ops import roi_align
 
+from gnconvert.inference import exportable
+
 
 def assign_levels(
     boxes: torch.Tensor, min_level: int, max_level: int, canonical_scale: int, canonical_level: int
@@ -51,6 +53,9 @@ def multilevel_roi_align(
 
     features[i] is level min_level + i.
     """
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("stages").multilevel_roi_align(features, boxes, levels, min_level, resolution, sampling_ratio)
     num_rois = boxes.shape[0]
     channels = features[0].shape[1]
     out = features[0].new_zeros((num_rois, channels, resolution, resolution))

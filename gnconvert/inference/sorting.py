@@ -33,11 +33,12 @@ partition pass (loop control).  Everything is TorchScript-able.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Tuple, cast
 
 import torch
 from torch import Tensor
 
+from gnconvert.inference import exportable
 from gnconvert.inference.sorting_scalar import heapsort, msb, select_loop
 
 
@@ -45,8 +46,20 @@ def _exclusive_cumsum(x: Tensor) -> Tensor:
     return torch.cumsum(x, 0) - x
 
 
+def _counts(ids: Tensor, num: int) -> Tensor:
+    """How often each of 0..num-1 occurs in ids (bincount with a size known in advance)."""
+    return torch.zeros((num,), dtype=torch.int64, device=ids.device).index_add_(0, ids, torch.ones_like(ids))
+
+
 def segment_ids(lengths: Tensor) -> Tensor:
     """[0]*l0 + [1]*l1 + ...: the segment of each position (torch.repeat_interleave, without its cost)."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():  # a traced size, not a Python int
+            total = cast(int, lengths.sum().item())  # an unbacked SymInt
+            torch._check(total >= 0)
+            marks = torch.zeros((total + 1,), dtype=torch.int64, device=lengths.device)
+            marks.index_add_(0, torch.cumsum(lengths, 0), torch.ones_like(lengths))
+            return torch.cumsum(marks, 0)[:total]
     total = int(lengths.sum())
     marks = torch.zeros((total + 1,), dtype=torch.int64, device=lengths.device)
     marks.index_add_(0, torch.cumsum(lengths, 0), torch.ones_like(lengths))
@@ -87,6 +100,73 @@ def _segment_counts(flags: Tensor, first: Tensor, last: Tensor) -> Tensor:
     return cum[last] - cum[first] + flags[first].to(torch.int64)
 
 
+def partition_pass(key: Tensor, t: Tensor, boundary: Tensor, pl: Tensor, pr: Tensor, d: Tensor
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One Hoare partition of every open partition [pl, pr] (in position order) at once: t and
+    boundary updated in place -> t and the partitions left open (lo, hi, depth, check)."""
+    dev = key.device
+    num_seg = pl.shape[0]
+
+    # median of three: (pl, pm, pr) put in order, pivot parked at pr - 1
+    pm = pl + ((pr - pl) >> 1)
+    ta, tb, tc = t[pl], t[pm], t[pr]
+    sw = key[tb] < key[ta]
+    ta, tb = torch.where(sw, tb, ta), torch.where(sw, ta, tb)
+    sw = key[tc] < key[tb]
+    tb, tc = torch.where(sw, tc, tb), torch.where(sw, tb, tc)
+    sw = key[tb] < key[ta]
+    ta, tb = torch.where(sw, tb, ta), torch.where(sw, ta, tb)
+    t[pl] = ta
+    t[pr] = tc
+    t[pm] = t[pr - 1]
+    t[pr - 1] = tb
+
+    # every position of the open partitions, partition by partition
+    lens = pr - pl + 1
+    seg = segment_ids(lens)
+    pos = torch.arange(seg.shape[0], device=dev) + (pl - _exclusive_cumsum(lens))[seg]
+    c = key[t[pos]]
+    vp = key[tb][seg]
+    lower, upper = pl[seg], pr[seg]
+    left = (pos > lower) & (pos < upper) & ~(c < vp)  # where `do ++pi while v[pi] < vp` stops
+    right = (pos < upper - 1) & ~(vp < c)             # where `do --pj while vp < v[pj]` stops
+    lefts, rights = pos[left], pos[right]               # ascending
+    lseg = seg[left]
+    count_l = _counts(lseg, num_seg)
+    count_r = _counts(seg[right], num_seg)
+    off_l = _exclusive_cumsum(count_l)
+    off_r = _exclusive_cumsum(count_r)
+    # the m-th left stop (ascending) meets the m-th right stop counted from the top
+    rank = torch.arange(lefts.shape[0], device=dev) - off_l[lseg]
+    has_partner = rank < count_r[lseg]
+    mate = off_r[lseg] + count_r[lseg] - 1 - rank
+    partner = rights[torch.where(has_partner, mate, torch.zeros_like(mate))]
+    swapped = has_partner & (lefts < partner)
+    a_pos, b_pos = lefts[swapped], partner[swapped]
+    ta, tb = t[a_pos], t[b_pos]
+    t[a_pos] = tb
+    t[b_pos] = ta
+    swaps = _counts(lseg[swapped], num_seg)
+    # where the scans cross: the next left stop, or the last swapped right stop if nearer
+    pi = lefts[off_l + swaps]
+    back = rights[torch.clamp(off_r + count_r - swaps, max=rights.shape[0] - 1)]
+    pi = torch.where(swaps > 0, torch.minimum(pi, back), pi)
+    tp, tk = t[pi], t[pr - 1]
+    t[pr - 1] = tp
+    t[pi] = tk
+    boundary.index_put_((pi,), torch.ones_like(pi, dtype=torch.bool))  # no constant: exportable in a loop
+
+    # the smaller side goes on at once (no depth check), the larger waits on the stack
+    left_smaller = (pi - pl) < (pr - pi)
+    lo = torch.stack((pl, pi + 1), 1).reshape(-1)  # stays in position order
+    hi = torch.stack((pi - 1, pr), 1).reshape(-1)
+    depth = torch.stack((d - 1, d - 1), 1).reshape(-1)
+    check = torch.stack((~left_smaller, left_smaller), 1).reshape(-1)
+    nonempty = hi >= lo
+    lo, hi, depth, check = lo[nonempty], hi[nonempty], depth[nonempty], check[nonempty]
+    return t, lo, hi, depth, check
+
+
 def _classic_argsort_segments(key: Tensor, starts: Tensor, lengths: Tensor, tied: Tensor) -> Tensor:
     """numpy's argsort (introsort) of every segment key[start:start+length], all segments at once.
 
@@ -119,66 +199,7 @@ def _classic_argsort_segments(key: Tensor, starts: Tensor, lengths: Tensor, tied
         boundary[lo[~active]] = True
         if not bool(active.any()):
             break
-        pl, pr, d = lo[active], hi[active], depth[active]  # in position order: lo was built sorted
-        num_seg = pl.shape[0]
-
-        # median of three: (pl, pm, pr) put in order, pivot parked at pr - 1
-        pm = pl + ((pr - pl) >> 1)
-        ta, tb, tc = t[pl], t[pm], t[pr]
-        sw = key[tb] < key[ta]
-        ta, tb = torch.where(sw, tb, ta), torch.where(sw, ta, tb)
-        sw = key[tc] < key[tb]
-        tb, tc = torch.where(sw, tc, tb), torch.where(sw, tb, tc)
-        sw = key[tb] < key[ta]
-        ta, tb = torch.where(sw, tb, ta), torch.where(sw, ta, tb)
-        t[pl] = ta
-        t[pr] = tc
-        t[pm] = t[pr - 1]
-        t[pr - 1] = tb
-
-        # every position of the open partitions, partition by partition
-        lens = pr - pl + 1
-        seg = segment_ids(lens)
-        pos = torch.arange(seg.shape[0], device=dev) + (pl - _exclusive_cumsum(lens))[seg]
-        c = key[t[pos]]
-        vp = key[tb][seg]
-        lower, upper = pl[seg], pr[seg]
-        left = (pos > lower) & (pos < upper) & ~(c < vp)  # where `do ++pi while v[pi] < vp` stops
-        right = (pos < upper - 1) & ~(vp < c)             # where `do --pj while vp < v[pj]` stops
-        lefts, rights = pos[left], pos[right]               # ascending
-        lseg = seg[left]
-        count_l = torch.bincount(lseg, minlength=num_seg)
-        count_r = torch.bincount(seg[right], minlength=num_seg)
-        off_l = _exclusive_cumsum(count_l)
-        off_r = _exclusive_cumsum(count_r)
-        # the m-th left stop (ascending) meets the m-th right stop counted from the top
-        rank = torch.arange(lefts.shape[0], device=dev) - off_l[lseg]
-        has_partner = rank < count_r[lseg]
-        mate = off_r[lseg] + count_r[lseg] - 1 - rank
-        partner = rights[torch.where(has_partner, mate, torch.zeros_like(mate))]
-        swapped = has_partner & (lefts < partner)
-        a_pos, b_pos = lefts[swapped], partner[swapped]
-        ta, tb = t[a_pos], t[b_pos]
-        t[a_pos] = tb
-        t[b_pos] = ta
-        swaps = torch.bincount(lseg[swapped], minlength=num_seg)
-        # where the scans cross: the next left stop, or the last swapped right stop if nearer
-        pi = lefts[off_l + swaps]
-        back = rights[torch.clamp(off_r + count_r - swaps, max=rights.shape[0] - 1)]
-        pi = torch.where(swaps > 0, torch.minimum(pi, back), pi)
-        tp, tk = t[pi], t[pr - 1]
-        t[pr - 1] = tp
-        t[pi] = tk
-        boundary[pi] = True
-
-        # the smaller side goes on at once (no depth check), the larger waits on the stack
-        left_smaller = (pi - pl) < (pr - pi)
-        lo = torch.stack((pl, pi + 1), 1).reshape(-1)  # stays in position order
-        hi = torch.stack((pi - 1, pr), 1).reshape(-1)
-        depth = torch.stack((d - 1, d - 1), 1).reshape(-1)
-        check = torch.stack((~left_smaller, left_smaller), 1).reshape(-1)
-        nonempty = hi >= lo
-        lo, hi, depth, check = lo[nonempty], hi[nonempty], depth[nonempty], check[nonempty]
+        t, lo, hi, depth, check = partition_pass(key, t, boundary, lo[active], hi[active], depth[active])
 
     # insertion sort of every finished block is stable: one stable sort by (block, value)
     block = torch.cummax(torch.where(boundary, torch.arange(n, device=dev), torch.zeros_like(t)), 0)[0]
@@ -191,6 +212,9 @@ def _classic_argsort_segments(key: Tensor, starts: Tensor, lengths: Tensor, tied
 def argsort_segments(values: Tensor, lengths: Tensor) -> Tensor:
     """numpy's `argsort` of each consecutive segment of `values` (lengths sum to its size),
     as global indices: segment s's range holds its indices in numpy 1.23's order."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("sorting").argsort_segments(values, lengths)
     key = keys(values)
     n = key.shape[0]
     if n == 0:
@@ -208,6 +232,9 @@ def argsort_segments(values: Tensor, lengths: Tensor) -> Tensor:
 
 def argsort(values: Tensor) -> Tensor:
     """`np.argsort(values)` (default kind) as numpy 1.23 orders float32 ties."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("sorting").argsort(values)
     key = keys(values)
     n = key.shape[0]
     sorted_key, order = torch.sort(key)
@@ -308,6 +335,9 @@ def top_k_descending(scores: Tensor, k: int) -> Tensor:
     """Indices of the k best scores, best first, as Detectron's proposal op picks its pre-NMS
     top-k: `argpartition(-s, k)[:k]` re-sorted by `argsort`, or one `argsort(-s)` when k
     covers everything (k <= 0 too)."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("sorting").top_k_descending(scores, k)
     neg = -scores.reshape(-1)
     n = neg.shape[0]
     if k <= 0 or k >= n:
@@ -326,6 +356,9 @@ def nms_order(scores: Tensor) -> Tensor:
 
 def nms_order_segments(scores: Tensor, lengths: Tensor) -> Tensor:
     """`nms_order` of every consecutive segment, as global indices."""
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            return exportable.traced("sorting").nms_order_segments(scores, lengths)
     lengths = lengths.to(device=scores.device, dtype=torch.int64)
     seg = segment_ids(lengths)
     n = seg.shape[0]

@@ -1,21 +1,10 @@
-"""ResNetClassifier: an ImageNet backbone checkpoint as Detectron trained it (body + `pred` fc)."""
+"""ResNetClassifier: an ImageNet backbone as Detectron trained it (body + `pred` fc); run by inference.Classifier."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List
-
-import torch
 from torch import Tensor, nn
 
 from gnconvert.architecture import Architecture
 from gnconvert.model.resnet import ResNetBody
-
-
-@dataclass(frozen=True)
-class ImageNetClass:
-    index: int  # 0..999, ImageNet's synset order
-    name: str
-    probability: float
 
 
 class ResNetClassifier(nn.Module):
@@ -25,39 +14,8 @@ class ResNetClassifier(nn.Module):
         super().__init__()
         self.body = ResNetBody(arch)
         self.fc = nn.Linear(arch.stages[-1].out, arch.num_classes)
-        self.pixel_means = tuple(arch.pixel_means)
 
     def forward(self, x: Tensor) -> Tensor:
         """[N, 3, 224, 224] -> logits [N, num_classes]."""
         res5 = self.body(x)[3]
         return self.fc(res5.mean(dim=(2, 3)))
-
-    @torch.no_grad()
-    def predict(self, image, k: int = 5, channel_order: str = "BGR") -> List[ImageNetClass]:
-        """The k most likely ImageNet classes for one image (a path, PIL image, array or tensor).
-
-        The image is given as Detectron gives these bodies their input: BGR pixels minus
-        PIXEL_MEANS, no scaling by a standard deviation; short side resized to 256 (OpenCV,
-        bilinear) and the central 224 x 224 crop.  Names are ImageNet's, in synset order.
-        """
-        import cv2
-        import numpy as np
-        from torchvision.models import ResNet50_Weights
-
-        from gnconvert.inference.modes import exact_fp32
-        from gnconvert.inference.preprocess import load_image
-
-        im = load_image(image, channel_order)
-        h, w = im.shape[:2]
-        scale = 256.0 / min(h, w)
-        im = cv2.resize(im, (max(224, round(w * scale)), max(224, round(h * scale))), interpolation=cv2.INTER_LINEAR)
-        top, left = (im.shape[0] - 224) // 2, (im.shape[1] - 224) // 2
-        crop = im[top: top + 224, left: left + 224].astype(np.float32) - np.array(self.pixel_means, np.float32)
-        device = next(self.parameters()).device
-        x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(device)
-        with exact_fp32():  # float32, as Caffe2 ran it, not cuDNN's default TF32
-            probs = torch.softmax(self(x)[0], dim=0).cpu()
-        names = ResNet50_Weights.IMAGENET1K_V1.meta["categories"] if probs.numel() == 1000 else None
-        best = torch.topk(probs, min(k, probs.numel()))
-        return [ImageNetClass(int(i), names[int(i)] if names else str(int(i)), float(p))
-                for p, i in zip(best.values, best.indices)]

@@ -19,6 +19,8 @@ from gnconvert.model.rpn import RPNHead
 
 
 class MaskRCNNNetwork(nn.Module):
+    __jit_unused_properties__ = ["bf16_prepared"]
+
     def __init__(self, arch: Architecture):
         super().__init__()
         if arch.kind != Kind.MASK_RCNN:
@@ -29,6 +31,11 @@ class MaskRCNNNetwork(nn.Module):
         self.box_head = build_box_head(arch)
         self.box_predictor = BoxPredictor(arch)
         self.mask_head = MaskHead(arch)
+
+    @property
+    def bf16_prepared(self) -> bool:
+        """Set up for the bf16 fast mode (gnconvert.runtime.network_parts): not the exact model."""
+        return bool(self.rpn_head.float32_outputs)
 
     def features(self, images: Tensor) -> List[Tensor]:
         """[N, 3, H, W] (H, W multiples of 32) -> [P2, P3, P4, P5, P6]."""

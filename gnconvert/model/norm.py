@@ -1,61 +1,33 @@
 """The per-channel normalisations of Detectron's models, with fused residual + ReLU.
 
-Every norm here has the same call, `norm(x, residual=None, relu=False)`, computing
+Every norm here has the same call, `norm(x, residual=None, relu=...)`, computing
 `relu?(norm(x) + residual?)`, so a bottleneck can end in one fused GroupNorm +
 residual + ReLU pass and the modules around them need not care which norm they hold:
 
-- `GroupNorm`: Caffe2's GroupNorm (= `F.group_norm`).  On CUDA it runs the fused
-  Triton kernel of `gnconvert.kernels.group_norm` unless GNCONVERT_GN_KERNEL=torch.
+- `GroupNorm` (gnconvert.kernels): Caffe2's GroupNorm (= `F.group_norm`); the Triton
+  kernel where the model's runtime chose it (`set_group_norm_kernel`), else PyTorch's.
 - `AffineChannel`: frozen BN as Detectron runs it, `y = x * weight[c] + bias[c]`.
 - `NoNorm`: for convs that carry a bias instead (the BN* FPN and heads).
 """
 from __future__ import annotations
 
-import functools
-import importlib
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnconvert.architecture import AFFINE, GN, Norm
+from gnconvert.kernels.group_norm import GroupNorm
 
 NONE = Norm.NONE
 
 
-_KERNEL_IMPORT_ERROR: list = []
-
-
-@functools.cache
-def _fused_kernel_module():
-    """The module `gnconvert.kernels.group_norm` (the package re-exports a function of that name)."""
-    try:
-        return importlib.import_module("gnconvert.kernels.group_norm")
-    except ImportError as e:
-        _KERNEL_IMPORT_ERROR.append(f"{type(e).__name__}: {e}")
-        return None
-
-
-def group_norm_backend(device) -> str:
-    """Which GroupNorm a GN model runs on `device`: the fused Triton kernel, or PyTorch's and why."""
-    fused = _fused_kernel_module()
-    if fused is None:
-        return f"torch (F.group_norm: gnconvert.kernels could not be imported: {_KERNEL_IMPORT_ERROR[-1]})"
-    return fused.backend(device)
-
-
-def _use_fused_kernel(x: Tensor) -> bool:
-    if not x.is_cuda:
-        return False
-    fused = _fused_kernel_module()
-    return fused is not None and fused.is_available(x.device)
-
-
-@torch.jit.unused
-def _fused_group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-                      residual: Optional[Tensor], relu: bool) -> Tensor:
-    return _fused_kernel_module().group_norm(x, num_groups, weight, bias, eps, residual, relu)
+def set_group_norm_kernel(module: nn.Module, kernel: bool) -> None:
+    """Every GroupNorm of `module` runs the Triton kernel (True) or PyTorch's GroupNorm (False): the
+    runtime's choice, made once when the model is built."""
+    for m in module.modules():
+        if isinstance(m, GroupNorm):
+            m.kernel = kernel
 
 
 def _finish(y: Tensor, residual: Optional[Tensor], relu: bool, inplace: bool = True) -> Tensor:
@@ -65,32 +37,6 @@ def _finish(y: Tensor, residual: Optional[Tensor], relu: bool, inplace: bool = T
     if residual is not None:
         y = y.add_(residual)
     return y.relu_() if relu else y
-
-
-def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-               residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
-    """relu?(GroupNorm(x) * weight + bias + residual?): the fused kernel where it runs, else PyTorch's."""
-    if not torch.jit.is_scripting():
-        if _use_fused_kernel(x):
-            return _fused_group_norm(x, num_groups, weight, bias, eps, residual, relu)
-    return _finish(F.group_norm(x, num_groups, weight, bias, eps), residual, relu)
-
-
-class GroupNorm(nn.Module):
-    """Caffe2 GroupNorm: biased variance over (C/G, H, W), eps inside the square root."""
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.num_groups = num_groups
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, residual, relu)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.weight.shape[0]}, eps={self.eps}"
 
 
 class AffineChannel(nn.Module):
@@ -120,7 +66,7 @@ class NoNorm(nn.Module):
 def make_norm(kind: str, num_channels: int, num_groups: int = 32, eps: float = 1e-5) -> nn.Module:
     """GN -> GroupNorm, AFFINE -> AffineChannel, "none" -> NoNorm."""
     if kind == GN:
-        return GroupNorm(num_groups, num_channels, eps)
+        return GroupNorm(num_groups, num_channels, eps, kernel=False)
     if kind == AFFINE:
         return AffineChannel(num_channels)
     if kind == NONE:
@@ -145,3 +91,4 @@ class ConvNorm(nn.Module):
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         return self.norm(self.conv(x), residual, self.relu)
+

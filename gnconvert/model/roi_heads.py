@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnconvert.architecture import GN, Architecture, BoxHeadType, MaskHeadType
+from gnconvert.model.float32 import outputs_in_float32
 from gnconvert.model.norm import NONE, ConvNorm
 
 
@@ -52,8 +53,12 @@ class BoxPredictor(nn.Module):
         super().__init__()
         self.cls_score = nn.Linear(arch.mlp_head_dim, arch.num_classes)
         self.bbox_pred = nn.Linear(arch.mlp_head_dim, 4 * arch.num_classes)
+        self.float32_outputs = False  # scores and deltas in float32 inside a bf16 network (model.float32)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.float32_outputs and not torch.jit.is_scripting():
+            scores, deltas = outputs_in_float32([self.cls_score, self.bbox_pred], x)
+            return scores, deltas
         return self.cls_score(x), self.bbox_pred(x)
 
 

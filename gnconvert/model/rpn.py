@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gnconvert.architecture import Architecture
+from gnconvert.model.float32 import outputs_in_float32
 
 
 class RPNHead(nn.Module):
@@ -18,6 +20,7 @@ class RPNHead(nn.Module):
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
         self.cls_logits = nn.Conv2d(dim, a, 1)
         self.bbox_pred = nn.Conv2d(dim, 4 * a, 1)
+        self.float32_outputs = False  # logits and deltas in float32 inside a bf16 network (model.float32)
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         """Per level: objectness LOGITS [N, A, H, W] (no sigmoid) and deltas [N, 4A, H, W]."""
@@ -25,6 +28,10 @@ class RPNHead(nn.Module):
         deltas: List[Tensor] = []
         for feature in features:
             hidden = F.relu(self.conv(feature))
-            logits.append(self.cls_logits(hidden))
-            deltas.append(self.bbox_pred(hidden))
+            if self.float32_outputs and not torch.jit.is_scripting():
+                level_logits, level_deltas = outputs_in_float32([self.cls_logits, self.bbox_pred], hidden)
+            else:
+                level_logits, level_deltas = self.cls_logits(hidden), self.bbox_pred(hidden)
+            logits.append(level_logits)
+            deltas.append(level_deltas)
         return logits, deltas

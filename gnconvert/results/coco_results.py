@@ -24,20 +24,31 @@ def _counts_str(rle: dict) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
 
 
+def xyxy_to_xywh(boxes) -> np.ndarray:
+    """Detectron's inclusive (x1, y1, x2, y2) -> COCO's [x, y, w, h] with the "+1" width, float64 (exact
+    for float32 input)."""
+    b = np.asarray(boxes, np.float32).astype(np.float64).reshape(-1, 4)
+    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0] + 1.0, b[:, 3] - b[:, 1] + 1.0], axis=1)
+
+
+def xywh_to_xyxy(boxes) -> np.ndarray:
+    """COCO's [x, y, w, h] ("+1" widths) -> Detectron's inclusive (x1, y1, x2, y2), float64."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2] - 1.0, b[:, 1] + b[:, 3] - 1.0], axis=1)
+
+
 def to_results(image_id: int, dets: Detections) -> Tuple[List[dict], List[dict]]:
     """One image's (bbox entries, segm entries), in the image's detection order."""
     image_id = int(image_id)
-    boxes = np.asarray(dets.boxes, np.float32).astype(np.float64).reshape(-1, 4)
+    xywh = xyxy_to_xywh(dets.boxes)
     scores = np.asarray(dets.scores, np.float32).astype(np.float64)
-    widths = boxes[:, 2] - boxes[:, 0] + 1.0
-    heights = boxes[:, 3] - boxes[:, 1] + 1.0
     cat_ids = [coco_categories.coco_id(c) for c in np.asarray(dets.classes).tolist()]
     bbox, segm = [], []
     for k in range(len(scores)):
         bbox.append({
             "image_id": image_id,
             "category_id": cat_ids[k],
-            "bbox": [float(boxes[k, 0]), float(boxes[k, 1]), float(widths[k]), float(heights[k])],
+            "bbox": [float(v) for v in xywh[k]],
             "score": float(scores[k]),
         })
     if dets.masks_rle is not None:
@@ -75,9 +86,7 @@ def from_results(bbox_entries: List[dict], segm_entries: List[dict] | None,
     """
     order = sorted(range(len(bbox_entries)),
                    key=lambda i: coco_categories.COCO_TO_CONTIGUOUS[bbox_entries[i]["category_id"]])
-    xywh = np.array([bbox_entries[i]["bbox"] for i in order], np.float64).reshape(-1, 4)
-    boxes = np.stack([xywh[:, 0], xywh[:, 1], xywh[:, 0] + xywh[:, 2] - 1.0,
-                      xywh[:, 1] + xywh[:, 3] - 1.0], axis=1).astype(np.float32)
+    boxes = xywh_to_xyxy([bbox_entries[i]["bbox"] for i in order]).astype(np.float32)
     scores = np.array([bbox_entries[i]["score"] for i in order], np.float32)
     classes = np.array([coco_categories.COCO_TO_CONTIGUOUS[bbox_entries[i]["category_id"]] for i in order],
                        np.int64)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import filelock
 
-from gnconvert.atomic import NO_SPACE, atomic_path
+from gnconvert import atomic
 from gnconvert.errors import DownloadError
 
 log = logging.getLogger("gnconvert.zoo.download")
@@ -87,15 +86,12 @@ def is_intact(path: Path) -> bool:
         return False
 
 
+ELSEWHERE = "set GNCONVERT_CACHE to another folder"  # what to do when the cache cannot be written
+
+
 def check_free_space(part: Path, length: Optional[int]) -> None:
-    if length is None:
-        return
-    free = shutil.disk_usage(part.parent).free
-    if free < length:
-        raise DownloadError(
-            f"not enough disk space in {part.parent}: {length / 2**20:.0f} MiB needed, "
-            f"{free / 2**20:.0f} MiB free; free some space or set GNCONVERT_CACHE to another folder"
-        )
+    if length is not None:
+        atomic.ensure_free_space(part, length, ELSEWHERE, DownloadError)
 
 
 def open_part(part: Path, mode: str):
@@ -113,13 +109,7 @@ def write_all(f, chunk: bytes | bytearray, part: Path) -> None:
         while view:
             view = view[f.write(view):]
     except OSError as e:
-        if e.errno in NO_SPACE:
-            raise DownloadError(
-                f"ran out of space writing {part} ({e.strerror}); nothing was kept: "
-                f"free some disk space or set GNCONVERT_CACHE to another folder"
-            ) from None
-        raise DownloadError(f"cannot write {part} ({e.strerror}); "
-                            f"set GNCONVERT_CACHE to a writable folder") from None
+        raise atomic.output_error(part, e, ELSEWHERE, DownloadError) from None
 
 
 def make_dirs(folder: Path) -> Optional[Path]:
@@ -178,12 +168,7 @@ def locked(final: Path, timeout_s: float):
 
 
 def write_atomic(path: Path, text: str) -> None:
-    try:
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(text)
-    except OSError as e:
-        raise DownloadError(f"cannot write {path} ({e.strerror}); "
-                            f"set GNCONVERT_CACHE to a writable folder") from None
+    atomic.write_bytes_atomic(path, text.encode("utf-8"), ELSEWHERE, DownloadError)
 
 
 def remove(path: Path) -> None:

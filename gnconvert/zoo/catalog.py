@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, Optional
 
+from gnconvert.architecture.record import Kind
 from gnconvert.errors import UsageError
 
 CATALOG_NAME = "model_ids.json"
-KINDS = ("classifier", "mask_rcnn")
+KINDS = tuple(k.value for k in Kind)
 FILE_KINDS = ("model", "boxes", "masks")
 
 
@@ -31,7 +32,7 @@ class ModelEntry:
 
     id: str
     name: str
-    kind: str  # "classifier" | "mask_rcnn"
+    kind: Kind
     table: str
     depth: int
     norm: str  # "GN" | "AffineChannel" (gnconvert.architecture's spelling)
@@ -54,13 +55,13 @@ class ModelEntry:
     @property
     def title(self) -> str:
         """A short human name, e.g. 'R-50-FPN, GN 2x' or 'R-50-GN (ImageNet)'."""
-        if self.kind == "classifier":
+        if self.kind == Kind.CLASSIFIER:
             return f"{self.name} (ImageNet)"
         return f"{self.name} {self.lr_schedule}"
 
     def published_summary(self) -> str:
         p = self.published
-        if self.kind == "classifier":
+        if self.kind == Kind.CLASSIFIER:
             return f"top-1 error {p['top1_error']}% ({p['crop']} crop)"
         return f"box AP {p['box_ap']} / mask AP {p['mask_ap']}"
 
@@ -131,9 +132,9 @@ def _check_relative(model_id: str, rel: str) -> str:
 
 
 def _entry(raw: Dict[str, Any]) -> ModelEntry:
-    entry = ModelEntry(**raw)
-    if entry.kind not in KINDS:
-        raise ValueError(f"catalog entry {entry.id}: kind {entry.kind!r} is not one of {KINDS}")
+    if raw.get("kind") not in KINDS:
+        raise ValueError(f"catalog entry {raw.get('id')}: kind {raw.get('kind')!r} is not one of {KINDS}")
+    entry = ModelEntry(**{**raw, "kind": Kind(raw["kind"])})
     for what, rel in entry.files.items():
         if what not in FILE_KINDS:
             raise ValueError(f"catalog entry {entry.id}: unknown file kind {what!r}")
