@@ -1,113 +1,159 @@
-"""Seconds per image of the exported TorchScript pipeline vs the eager `Detector`, and export time.
+#!/usr/bin/env python
+"""Eager vs TorchScript vs the torch.export program (vs an AOTInductor package): s/image, build time, memory.
 
-    python scripts/bench_export.py [--images a.jpg b.png] [--repeats 3] [--device cpu|cuda]
+    python scripts/bench_export.py                        # 800x1216 and 480x640, 2 threads, CPU
+    python scripts/bench_export.py --rounds 5 --json out.json
+    python scripts/bench_export.py --aoti                 # also AOTInductor-compile the program (slow)
 
-Both run the same seeded full-size R-50-FPN GN weights on the same images in this
-process, alternating (eager, scripted) per repeat so machine load hits both alike.
-Printed per device: median wall seconds per image and CPU (process) seconds per
-image for each, their ratios (scripted / eager; < 1 means the archive is faster),
-whether the two gave the same detections, then the export wall time (script +
-save), the archive's load time and its size, and the peak RSS of the README's
-snippet (`torch.jit.load` + one call, nothing else) run in a fresh interpreter.
-On CUDA the eager path may use the fused Triton GroupNorm while the archive uses
-F.group_norm.
+One seeded R-50-FPN GN checkpoint (scripts/benchlib.seeded_checkpoint).  The four runners are
+built in this process (export time and AOTInductor compile time reported), checked against the
+eager `Detector` bit for bit on every image, then timed interleaved (E T P A E T P A ...).
+Peak RSS: a fresh interpreter that loads each artifact and runs one image, nothing else.
+Ratios are eager's s/image over each runner's (above 1: faster than eager).
+
+--aoti: on this project's CPU machine AOTInductor (torch 2.14) takes ~12 min to compile the program
+and the package then aborts ("double free or corruption") on its first image; `gnconvert export`
+therefore offers no --to aoti yet.  The option (and `aoti_step`, the GPU report's export step,
+which runs in a child process with a time box) measure it where it may work.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from benchlib import interleaved, machine_line, peak_rss_mb_in_child, timed
+from benchlib import golden_dir, interleaved, machine_line, medians, peak_rss_mb_in_child, seeded_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from gnconvert.architecture import gn_r50_fpn  # noqa: E402
-from gnconvert.checkpoint.converted import ConvertedCheckpoint  # noqa: E402
-from gnconvert.checkpoint.name_mapping import detectron_to_torch  # noqa: E402
-from gnconvert.export.common import BUNDLED_IMAGE, loaded_network  # noqa: E402
-from gnconvert.export.torchscript import extra_files, script  # noqa: E402
-from gnconvert.fidelity.seeded import seeded_blobs  # noqa: E402
-from gnconvert.inference import Detector  # noqa: E402
-
-KINDS = ("eager", "torchscript")
+OUTPUT_NAMES = ("boxes", "scores", "classes", "mask_probs", "masks")
 
 
-def readme_snippet(archive: str, image: str) -> None:
-    """The README's TorchScript snippet: load the archive, run it on one image (in a fresh interpreter)."""
-    import cv2
+def image_of_size(height: int, width: int) -> np.ndarray:
+    """A golden photo resized (OpenCV, bilinear) to height x width: real content, a chosen size."""
+    im = cv2.imread(str(golden_dir() / "images" / "astronaut.png"))
+    return np.ascontiguousarray(cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR))
+
+
+def identical(a: dict, b: dict) -> bool:
+    return all(a[k].shape == b[k].shape and torch.equal(a[k].cpu(), b[k].cpu()) for k in OUTPUT_NAMES)
+
+
+def build(ckpt, folder: str, device: str, aoti: bool = False) -> dict:
+    """name -> (runner, seconds to build it); the artifacts are written into `folder`."""
+    from gnconvert.export import exported_program
+    from gnconvert.export.common import loaded_network
+    from gnconvert.export.torchscript import script
+
+    network = loaded_network(ckpt)
+    eager = exported_program.detector(ckpt, network, device)
+    runners, seconds = {"eager": eager}, {"eager": 0.0}
+    if device == "cpu":
+        t0 = time.perf_counter()
+        runners["torchscript"] = script(ckpt, network)
+        seconds["torchscript"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    program = exported_program.trace(ckpt, network, device)
+    seconds["export"] = time.perf_counter() - t0
+    torch.export.save(program, os.path.join(folder, "model.pt2"))
+    runners["export"] = program.module()
+    if not aoti:
+        return {"runners": runners, "build_seconds": seconds, "eager": eager}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "aoti.pt2"))
+    seconds["aoti"] = time.perf_counter() - t0
+    runners["aoti"] = torch._inductor.aoti_load_package(package)
+    return {"runners": runners, "build_seconds": seconds, "eager": eager}
+
+
+def load_and_run(kind: str, path: str, image: np.ndarray) -> None:
+    """What a user's loading snippet does (measured in a fresh interpreter for its peak RSS)."""
     import torch
-    import torchvision  # noqa: F401  as the README's snippet does: it registers the detection ops
+    import torchvision  # noqa: F401
 
-    model = torch.jit.load(archive)
-    out = model(torch.from_numpy(cv2.imread(image)))
-    out["boxes"].numpy()  # the outputs need no detach(): the archive runs without autograd
+    torch.set_num_threads(2)
+    if kind == "torchscript":
+        model = torch.jit.load(path)
+    elif kind == "export":
+        model = torch.export.load(path).module()
+    else:
+        model = torch._inductor.aoti_load_package(path)
+    with torch.no_grad():
+        model(torch.from_numpy(image))
 
 
-def pooled(per_key: dict, kind: str) -> list:
-    """All the figures of one kind, over the images (interleaved's keys are (kind, image index))."""
-    return [x for (k, _), xs in per_key.items() if k == kind for x in xs]
+def aoti_step(ckpt, device, images, dry: bool) -> dict:
+    """For scripts/gpu_report.py: build the AOTInductor package for `device`, check it against eager
+    on `images` (BGR arrays), and time both (s/image, medians)."""
+    dev = str(device)
+    with tempfile.TemporaryDirectory() as folder:
+        built = build(ckpt, folder, dev, aoti=True)
+        eager, aoti = built["runners"]["eager"], built["runners"]["aoti"]
+        xs = [torch.from_numpy(im).to(dev) for im in images]
+        with torch.no_grad(), eager.runtime.numerics():
+            same = [identical(eager(x), aoti(x)) for x in xs]
+            runs = interleaved({"eager": lambda: [eager(x) for x in xs], "aoti": lambda: [aoti(x) for x in xs]},
+                               rounds=1 if dry else 3, device=dev)
+    per = {k: v / len(xs) for k, v in medians(runs.wall).items()}
+    return {"export_s": built["build_seconds"]["export"], "aoti_compile_s": built["build_seconds"]["aoti"],
+            "s_per_image": per, "aoti_speedup": per["eager"] / per["aoti"], "bit_identical": same}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", nargs="+", default=[str(BUNDLED_IMAGE)])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    args = parser.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="800x1216,480x640", help="HxW of the timed images, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--aoti", action="store_true", help="also compile and time an AOTInductor package")
+    ap.add_argument("--no-rss", action="store_true", help="skip the loading snippets' peak RSS")
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     print(machine_line())
-
-    arch = gn_r50_fpn()
-    ckpt = ConvertedCheckpoint(state_dict=detectron_to_torch(seeded_blobs(arch, 1), arch).state_dict, arch=arch,
-                               provenance={"model_id": "seeded-R-50-FPN-GN-1"})
-    network = loaded_network(ckpt)
-    torch.set_grad_enabled(False)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pt")
-        _, export_wall, _ = timed(lambda: torch.jit.save(script(ckpt, network), path, _extra_files=extra_files(ckpt)))
-        archive, load_wall, _ = timed(lambda: torch.jit.load(path, map_location="cpu"))
-        size_mb = os.path.getsize(path) / 2**20
-        peak_mb = peak_rss_mb_in_child(readme_snippet, path, args.images[0])
-
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    if "cuda" in devices and not torch.cuda.is_available():
-        devices.remove("cuda")
-        print("no CUDA device here: CPU only")
-    images = [cv2.imread(p) for p in args.images]
-    print("images: "
-          f"{', '.join(f'{Path(p).name} {im.shape[1]}x{im.shape[0]}' for p, im in zip(args.images, images))}")
-    for name in devices:
-        device = torch.device(name)
-        detector = Detector(network.to(device), arch)
-        module = archive.to(device)
-        tensors = [torch.from_numpy(im).to(device) for im in images]
-        fns = {}
-        for i, (im, t) in enumerate(zip(images, tensors)):  # per repeat: eager, scripted, image after image
-            fns["eager", i] = lambda im=im: detector.predict(im)
-            fns["torchscript", i] = lambda t=t: module(t)
-        # two warm-up rounds: the profiling executor optimises the archive on its second call
-        runs = interleaved(fns, args.repeats, device, warmup=2)
-        same = all(len(runs.last["eager", i]) == runs.last["torchscript", i]["scores"].shape[0]
-                   and np.array_equal(runs.last["eager", i].classes, runs.last["torchscript", i]["classes"].cpu().numpy())
-                   for i in range(len(images)))
-        med = {k: (statistics.median(pooled(runs.wall, k)), statistics.median(pooled(runs.cpu, k))) for k in KINDS}
-        print(f"[{name}] per image, median of {args.repeats * len(images)}:")
-        for k, (w, c) in med.items():
-            print(f"  {k:12s} wall {w:7.3f} s   cpu {c:7.3f} s")
-        print(f"  ratio torchscript/eager: wall {med['torchscript'][0] / med['eager'][0]:.3f}, "
-              f"cpu {med['torchscript'][1] / med['eager'][1]:.3f}; same detections: {same}")
-        network.to("cpu")
-    print(f"export (script + save) wall {export_wall:.2f} s, load {load_wall:.2f} s, archive {size_mb:.1f} MiB")
-    print(f"README snippet (load + one image, fresh interpreter): peak RSS {peak_mb:.0f} MB")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    images = {f"{h}x{w}": image_of_size(h, w) for h, w in sizes}
+    report: dict = {"machine": machine_line(), "threads": args.threads, "device": args.device, "sizes": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        built = build(seeded_checkpoint(), folder, args.device, args.aoti)
+        runners = built["runners"]
+        report["build_seconds"] = built["build_seconds"]
+        print("build: " + ", ".join(f"{k} {v:.1f} s" for k, v in built["build_seconds"].items() if k != "eager"))
+        if "torchscript" in runners:
+            torch.jit.save(runners["torchscript"], os.path.join(folder, "model.pt"))
+        for size, im in images.items():
+            x = torch.from_numpy(im).to(args.device)
+            with torch.no_grad():
+                want = runners["eager"](x)
+                same = {k: identical(want, r(x)) for k, r in runners.items() if k != "eager"}
+                # two warm-up rounds: TorchScript's profiling executor optimises on its second call
+                runs = interleaved({k: (lambda r=r: r(x)) for k, r in runners.items()}, rounds=args.rounds,
+                                   device=args.device, warmup=2)
+            per = medians(runs.wall)
+            report["sizes"][size] = {"s_per_image": per, "vs_eager": {k: per["eager"] / v for k, v in per.items()},
+                                     "bit_identical_to_eager": same, "detections": int(want["scores"].shape[0])}
+            print(f"{size}: " + ", ".join(f"{k} {v:.3f} s ({per['eager'] / v:.2f}x)" for k, v in per.items())
+                  + "; bit-identical: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
+        files = {"torchscript": "model.pt", "export": "model.pt2", "aoti": "aoti.pt2"}
+        report["artifact_mib"] = {k: os.path.getsize(os.path.join(folder, n)) / 2**20 for k, n in files.items()
+                                  if os.path.exists(os.path.join(folder, n))}
+        print("artifacts: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in report["artifact_mib"].items()))
+        if not args.no_rss:
+            small = images[list(images)[-1]]
+            report["load_and_run_peak_rss_mb"] = {
+                kind: peak_rss_mb_in_child(load_and_run, kind, os.path.join(folder, name), small)
+                for kind, name in files.items() if os.path.exists(os.path.join(folder, name))}
+            print("peak RSS of load + one image: " + ", ".join(
+                f"{k} {v:.0f} MiB" for k, v in report["load_and_run_peak_rss_mb"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

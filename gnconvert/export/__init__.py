@@ -5,7 +5,8 @@
     print(result.report.format())
 
 Targets (one module each, with `outputs`, `write`, `verify`):
-- torchscript: the whole Detectron test pipeline, BGR uint8 image in, detections out;
+- export: the whole Detectron test pipeline as a torch.export program (any image size);
+- torchscript: the whole pipeline as a TorchScript archive (deprecated by PyTorch; kept while it runs);
 - onnx: body + FPN + RPN head, box head, mask head (three files, opset 17);
 - safetensors: the weights under our names with the JSON metadata header;
 - detectron: a Detectron `.pkl` (same blob names, shapes, cfg text);
@@ -28,8 +29,10 @@ from gnconvert.errors import ParityError, UsageError
 from gnconvert.export.common import BUNDLED_IMAGE, check_output, loaded_network, writing
 from gnconvert.export.self_check import VerifyReport
 
-TARGETS = ("torchscript", "onnx", "safetensors", "detectron", "timm", "torchvision")
-_MODULES = {"timm": "to_timm", "torchvision": "to_torchvision"}  # not named like the packages they import
+TARGETS = ("export", "torchscript", "onnx", "safetensors", "detectron", "timm", "torchvision")
+DEVICE_TARGETS = ("export",)  # traced or compiled for a device; the others are device-free
+# not named like the packages they import
+_MODULES = {"export": "exported_program", "timm": "to_timm", "torchvision": "to_torchvision"}
 
 
 @dataclass
@@ -55,8 +58,10 @@ def output_paths(target: str, output) -> List[str]:
 
 
 def export(ckpt, target: str, output, verify: bool = True, reference=None, image=BUNDLED_IMAGE,
-           network=None) -> ExportResult:
+           network=None, device: str = "cpu") -> ExportResult:
     """Write `ckpt` as `target` to `output` (plus siblings for onnx), verified unless verify=False.
+
+    device: where an export artifact runs ("cpu", "cuda"); the other targets are device-free.
 
     reference: the in-process `Detector`'s Detections on `image`, if already computed.
     Raises ParityError (and writes nothing) when the artifact does not reproduce the model.
@@ -64,20 +69,23 @@ def export(ckpt, target: str, output, verify: bool = True, reference=None, image
     module = target_module(target)
     if target == "onnx":
         module.require_onnx()
+    on_device = {"device": device} if target in DEVICE_TARGETS else {}
+    if device != "cpu" and not on_device:
+        raise UsageError(f"--device is for --to export; {target} artifacts are device-free")
     paths = output_paths(target, output)
     network = getattr(module, "loaded_network", loaded_network)(ckpt) if network is None else network
-    if getattr(network, "fast_mode", None):
-        raise UsageError(f"this network was set up for the fast mode {network.fast_mode}; exports carry the "
+    if getattr(network, "bf16_prepared", False):
+        raise UsageError("this network was set up for the bf16 fast mode; exports carry the "
                          "exact model: export from the checkpoint (gnconvert export SOURCE), not from a fast model")
     report, verify_seconds = None, 0.0
     with contextlib.ExitStack() as stack:
         temps = [stack.enter_context(writing(p)) for p in paths]
         t0 = time.perf_counter()
-        module.write(ckpt, temps, network)
+        module.write(ckpt, temps, network, **on_device)
         export_seconds = time.perf_counter() - t0
         if verify:
             t0 = time.perf_counter()
-            report = module.verify(ckpt, temps, network, reference, image)
+            report = module.verify(ckpt, temps, network, reference, image, **on_device)
             verify_seconds = time.perf_counter() - t0
             report.artifact = ", ".join(paths)
             if not report.passed:

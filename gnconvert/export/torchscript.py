@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
+from gnconvert.errors import UsageError
 from gnconvert.export.common import BUNDLED_IMAGE, loaded_network, write_file
 from gnconvert.export.self_check import VerifyReport, compare_detections, image_name, reference_detections
 from gnconvert.results.detections import Detections
@@ -85,7 +86,12 @@ def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
     import torch
 
     buf = io.BytesIO()
-    torch.jit.save(script(ckpt, network), buf, _extra_files=extra_files(ckpt))
+    try:
+        torch.jit.save(script(ckpt, network), buf, _extra_files=extra_files(ckpt))
+    except (RuntimeError, NotImplementedError, AttributeError) as e:  # a torch that no longer scripts
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"torch {torch.__version__} could not make a TorchScript archive ({first}); "
+                         "use --to export (a torch.export program of the same pipeline) instead") from None
     write_file(paths[0], buf.getvalue())
 
 
