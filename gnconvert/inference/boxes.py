@@ -6,7 +6,7 @@ order so that float32 results agree to the bit where the ops are IEEE-exact.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, cast
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ def as_float(x: int) -> float:
     """float(x), kept symbolic while torch.export traces a size (float() would fix it to one value)."""
     if not torch.jit.is_scripting():
         if torch.compiler.is_exporting():
-            return torch.sym_float(x)  # type: ignore[return-value]  # a SymFloat stands for a float
+            return cast(float, torch.sym_float(x))  # a SymFloat stands for the float
     return float(x)
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from gnconvert.architecture import Architecture, Kind
-from gnconvert.inference import box_postprocess, clock, mask_postprocess, preprocess, proposals, roi_levels
+from gnconvert.inference import box_postprocess, clock, exportable, mask_postprocess, preprocess, proposals, roi_levels
 from gnconvert.inference.anchors import cell_anchors
 from gnconvert.inference.exportable import exporting
 from gnconvert.inference.loaded import LoadedModel
@@ -248,17 +248,13 @@ class Detector(LoadedModel):
             boxes, scores, classes, probs, crops, starts = self.run_stages(
                 feats, [x[0] for x in logits], [x[0] for x in deltas], im_info, (data.shape[2], data.shape[3]), scale,
                 height, width, paste=not traced)
-            if traced:  # torch.export: masks straight from the probabilities (exportable.stages)
-                masks = self._paste_dense(probs, boxes, height, width)
-            else:
+            masks = torch.zeros((0, height, width), dtype=torch.uint8, device=boxes.device)
+            if not torch.jit.is_scripting():
+                if traced:  # torch.export: masks straight from the probabilities (exportable.stages)
+                    masks = exportable.traced("stages").paste_dense(probs, boxes, height, width, self.mask_thresh)
+            if not traced:
                 masks = mask_postprocess.dense(crops, starts, height, width)
         return {"boxes": boxes, "scores": scores, "classes": classes, "mask_probs": probs, "masks": masks}
-
-    @torch.jit.unused
-    def _paste_dense(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tensor:
-        from gnconvert.inference.exportable.stages import paste_dense
-
-        return paste_dense(probs, boxes, height, width, self.mask_thresh)
 
     # -------------------------------------------------------------- Python API
     @torch.jit.unused
