@@ -22,14 +22,10 @@ def use_group_norm_kernel(model: nn.Module, kernel: Optional[bool] = None) -> in
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.GroupNorm) and not isinstance(child, GroupNorm):
-                setattr(parent, name, _kernel_group_norm(child, GroupNorm, kernel))
+                new = GroupNorm(child.num_groups, child.num_channels, child.eps, child.affine, device="meta",
+                                kernel=kernel)
+                if child.affine:
+                    new.weight, new.bias = child.weight, child.bias  # the same Parameters: optimizers, ties stay valid
+                setattr(parent, name, new.train(child.training))
                 swapped += 1
     return swapped
-
-
-def _kernel_group_norm(old: nn.GroupNorm, cls, kernel: Optional[bool]) -> nn.Module:
-    new = cls(old.num_groups, old.num_channels, old.eps, old.affine, device="meta", kernel=kernel)
-    if old.affine:
-        new.weight, new.bias = old.weight, old.bias  # the same Parameters: optimizers and ties stay valid
-    new.train(old.training)
-    return new

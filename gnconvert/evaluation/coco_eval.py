@@ -98,8 +98,8 @@ class CocoEvaluator:
         dt = self._results([r for r in results if int(r["image_id"]) in wanted])
         ev = self._eval_cls(self.gt, dt, iou_type)
         ev.params.imgIds = image_ids
-        _, log1 = _quiet(ev.evaluate)
-        _, log2 = _quiet(ev.accumulate)
+        _quiet(ev.evaluate)
+        _quiet(ev.accumulate)
         _, summary = _quiet(ev.summarize)
         stats = [float(s) for s in ev.stats[: len(METRICS)]]
         metrics = {m: (100.0 * s if s >= 0 else float("nan")) for m, s in zip(METRICS, stats)}

@@ -38,10 +38,8 @@ class LayoutError(UsageError):
 
 
 def _name_for(annotations: Path) -> str:
-    for name, ann, _, _ in KNOWN_LAYOUTS:
-        if annotations.name == Path(ann).name:
-            return name
-    return "custom"
+    """The known layout an annotation file's name belongs to, else "custom"."""
+    return next((name for name, ann, _, _ in KNOWN_LAYOUTS if annotations.name == Path(ann).name), "custom")
 
 
 def find_layout(coco_root: Optional[Path] = None, annotations: Optional[Path] = None,

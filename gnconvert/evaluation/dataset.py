@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -40,10 +40,6 @@ class CocoImages(Dataset):
         return LoadedImage(image_id, path, image, None)
 
 
-def _collate(batch: List[LoadedImage]) -> List[LoadedImage]:
-    return batch  # images differ in size; the predictor takes a list
-
-
 def _init_worker(_):
     cv2.setNumThreads(1)  # one decoder thread per worker: workers are the parallelism
     torch.set_num_threads(1)
@@ -58,7 +54,8 @@ def _worker_context():
 
 def image_loader(items: Sequence[Tuple[int, Path]], batch_size: int = 1, workers: int = 2) -> DataLoader:
     """Batches of LoadedImage in `items` order, decoded `workers` at a time ahead of the model."""
-    return DataLoader(CocoImages(items), batch_size=batch_size, shuffle=False, num_workers=workers,
-                      collate_fn=_collate, worker_init_fn=_init_worker if workers else None,
+    # collate_fn=list: the images differ in size, so a batch stays a list of them
+    return DataLoader(CocoImages(items), batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=list,
+                      worker_init_fn=_init_worker if workers else None,
                       prefetch_factor=4 if workers else None, persistent_workers=False,
                       multiprocessing_context=_worker_context() if workers else None)

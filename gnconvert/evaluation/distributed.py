@@ -31,10 +31,6 @@ class Workers:
         """This rank's share: items rank, rank + world_size, ..."""
         return list(items[self.rank::self.world_size])
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier(group=self._group)
-
     def gather(self, obj) -> Optional[List]:
         """Every rank's `obj` on rank 0 (in rank order); None elsewhere."""
         if self.world_size == 1:

@@ -65,7 +65,7 @@ def compare(ours_bbox: List[dict], reference_bbox: List[dict], image_ids: Iterab
     """Share of Detectron's detections we reproduce, and how far matched pairs differ."""
     image_ids = sorted({int(i) for i in image_ids})
     ours_by_image, ref_by_image = group_by_image(ours_bbox), group_by_image(reference_bbox)
-    box_diffs, score_diffs = [], []
+    box_diffs, score_diffs = [np.zeros(0)], [np.zeros(0)]  # per image and category, matched pairs only
     n_ref = n_ours = n_matched = 0
     for image_id in image_ids:
         ref_img, ours_img = ref_by_image.get(image_id, []), ours_by_image.get(image_id, [])
@@ -82,8 +82,6 @@ def compare(ours_bbox: List[dict], reference_bbox: List[dict], image_ids: Iterab
             score_diffs.append(np.abs(np.array([ref_c[i]["score"] for i in r_idx])
                                       - np.array([ours_c[i]["score"] for i in o_idx])))
             n_matched += len(pairs)
-    box = np.concatenate(box_diffs) if box_diffs else np.zeros(0)
-    score = np.concatenate(score_diffs) if score_diffs else np.zeros(0)
     return {
         "iou_threshold": iou_threshold,
         "images": len(image_ids),
@@ -92,6 +90,6 @@ def compare(ours_bbox: List[dict], reference_bbox: List[dict], image_ids: Iterab
         "matched": n_matched,
         "matched_share": (n_matched / n_ref) if n_ref else float("nan"),
         "ours_unmatched": n_ours - n_matched,
-        "box_max_abs_diff_px": _spread(box),
-        "score_abs_diff": _spread(score),
+        "box_max_abs_diff_px": _spread(np.concatenate(box_diffs)),
+        "score_abs_diff": _spread(np.concatenate(score_diffs)),
     }

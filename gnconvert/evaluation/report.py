@@ -37,10 +37,9 @@ def _fmt(x) -> str:
 def format_report(report: dict) -> str:
     """The table `gnconvert verify` prints."""
     lines = [f"{report['source']} on {report['dataset']}: {report['images_evaluated']} images"
-             f" ({report['images_skipped']} skipped), {report['evaluator']}"]
-    head = f"{'':8} {'published':>9} {'measured':>9} {'delta':>7}  {'verdict':<7}" + \
-        "".join(f"{m:>6}" for m in METRICS[1:])
-    lines.append(head)
+             f" ({report['images_skipped']} skipped), {report['evaluator']}",
+             f"{'':8} {'published':>9} {'measured':>9} {'delta':>7}  {'verdict':<7}"
+             + "".join(f"{m:>6}" for m in METRICS[1:])]
     verdict = report.get("verdict") or {}
     for t, label in IOU_TYPES.items():
         if t not in report["metrics"]:

@@ -252,8 +252,7 @@ def run_verify(predictor, config: VerifyConfig, dist: Optional[Workers] = None, 
     for g in gathered:
         all_records.update(g["records"])
     scored = evaluate(config, the_plan, all_records)
-    group_norm = predictor.group_norm if hasattr(predictor, "group_norm") else None
-    out = report(config, the_plan, scored, gathered, dist, group_norm, echo)
+    out = report(config, the_plan, scored, gathered, dist, getattr(predictor, "group_norm", None), echo)
     store.finish()
     judge(config, out)
     return out

@@ -106,11 +106,12 @@ def read_sidecar(path: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-def verify_backbone(target: str, paths: List[str], network, arch, build: Callable[[], Any], image) -> VerifyReport:
-    """Reload OUT and its JSON, load the weights strictly into `build()`, compare logits."""
+def verify_backbone(target: str, paths: List[str], network, arch, build: Callable[[int, int], Any],
+                    image) -> VerifyReport:
+    """Reload OUT and its JSON, load the weights strictly into `build(depth, num_classes)`, compare logits."""
     report = VerifyReport(target, paths[0], image_name(image))
     mean, std = _mean_std(read_sidecar(paths[1]))
-    model = build()
+    model = build(arch.depth, arch.num_classes)
     try:
         model.load_state_dict(read_state(paths[0]), strict=True)
     except RuntimeError as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gnconvert.architecture import Kind
+from gnconvert.atomic import atomic_path, ensure_free_space, final_path_of, output_error, prepare_folder
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
 from gnconvert.errors import UsageError
 
@@ -15,10 +16,15 @@ BUNDLED_IMAGE = Path(__file__).resolve().parents[1] / "data" / "selftest" / "ima
 
 def loaded_network(ckpt: ConvertedCheckpoint):
     """`build_network(arch)` with the checkpoint's weights, in eval mode."""
-    from gnconvert.model import build_network
-
     if ckpt.arch.kind != Kind.MASK_RCNN:
         raise UsageError(f"export handles Mask R-CNN checkpoints; this one is an ImageNet {ckpt.arch.kind}")
+    return built_network(ckpt)
+
+
+def built_network(ckpt: ConvertedCheckpoint):
+    """Our network of any kind (Mask R-CNN or ImageNet classifier) with the checkpoint's weights, in eval mode."""
+    from gnconvert.model import build_network
+
     network = build_network(ckpt.arch)
     network.load_state_dict(ckpt.torch_state_dict())
     return network.eval()
@@ -26,8 +32,6 @@ def loaded_network(ckpt: ConvertedCheckpoint):
 
 def check_output(path) -> str:
     """Fail early, before any heavy work, when `path` cannot be written (its folder is created)."""
-    from gnconvert.atomic import prepare_folder
-
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UsageError(f"output {path} is a folder; pass a file name, e.g. {os.path.join(path, 'model.pt')}")
@@ -40,8 +44,6 @@ def check_output(path) -> str:
 def write_file(tmp: str, data: bytes) -> None:
     """Write an artifact serialised in memory to its temporary name (see `writing`), after
     checking that the destination has room for it."""
-    from gnconvert.atomic import ensure_free_space, final_path_of
-
     ensure_free_space(final_path_of(tmp), len(data))
     with open(tmp, "wb") as f:
         f.write(data)
@@ -50,8 +52,6 @@ def write_file(tmp: str, data: bytes) -> None:
 @contextlib.contextmanager
 def writing(path) -> Iterator[str]:
     """A temporary name in `path`'s folder that becomes `path` only if the block succeeds."""
-    from gnconvert.atomic import atomic_path, output_error
-
     path = check_output(path)
     try:
         with atomic_path(path) as tmp:

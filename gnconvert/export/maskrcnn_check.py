@@ -120,8 +120,7 @@ def verify_maskrcnn(ckpt: ConvertedCheckpoint, paths: List[str], network, refere
                     image) -> VerifyReport:
     from gnconvert.export.torchvision_adapter import TorchvisionPredictor
     from gnconvert.export.torchvision_builder import detectron_maskrcnn
-    from gnconvert.fidelity.matching import match_detections
-    from gnconvert.fidelity.mode_fidelity import LOOSE_IOU, LOOSE_SCORE
+    from gnconvert.fidelity.mode_fidelity import LOOSE_IOU, LOOSE_SCORE, strict_and_loose
     from gnconvert.inference.preprocess import load_image
 
     arch = ckpt.arch
@@ -139,12 +138,11 @@ def verify_maskrcnn(ckpt: ConvertedCheckpoint, paths: List[str], network, refere
         reference = reference_detections(network, arch, bgr)
     _compare_parts(report, tv, network, arch, bgr, reference)
     theirs = TorchvisionPredictor(tv, arch.test.mask_thresh_binarize).predict(bgr)
-    strict = match_detections(reference, theirs)
-    loose = match_detections(reference, theirs, masks=False, min_iou=LOOSE_IOU, score_tol=LOOSE_SCORE)
+    strict, loose = strict_and_loose(reference, theirs)
     n = len(reference)
     report.notes.append(
-        f"torchvision's whole pipeline reproduces {len(strict.pairs)}/{n} of gnconvert's (Detectron's) detections "
-        f"strictly (IoU>=0.99, |dscore|<=1e-3) and {len(loose.pairs)}/{n} loosely (IoU>={LOOSE_IOU}, "
+        f"torchvision's whole pipeline reproduces {strict}/{n} of gnconvert's (Detectron's) detections "
+        f"strictly (IoU>=0.99, |dscore|<=1e-3) and {loose}/{n} loosely (IoU>={LOOSE_IOU}, "
         f"|dscore|<={LOOSE_SCORE}); it has {len(theirs)}: torchvision pools RoIs without Detectron's \"+1\" edge, "
         "resizes with F.interpolate and decodes boxes in resized pixels (measure: gnconvert verify --backend "
         "torchvision, or scripts/bench_torchvision.py)")

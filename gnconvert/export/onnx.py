@@ -165,18 +165,15 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None,
     import torch
 
     network = loaded_network(ckpt) if network is None else network
-    parts = _parts(network, ckpt.arch)
-    images, box_features, mask_features = _check_inputs(network, ckpt.arch, image)
-    inputs = {"image_level": images, "box_head": box_features, "mask_head": mask_features}
-    name = image_name(image)
-    report = VerifyReport("onnx", ", ".join(paths), f"{name} at short side 320 and 16 RoIs pooled from it")
-    for (part, path) in zip(("image_level", "box_head", "mask_head"), paths):
-        module, _, _, output_names, _ = parts[part]
+    parts = _parts(network, ckpt.arch)  # image level, box head, mask head: the order of `paths` and of the inputs
+    report = VerifyReport("onnx", ", ".join(paths), f"{image_name(image)} at short side 320 and 16 RoIs pooled from it")
+    for (part, (module, _, _, output_names, _)), path, example in zip(parts.items(), paths,
+                                                                      _check_inputs(network, ckpt.arch, image)):
         with torch.no_grad():
-            expected = module(inputs[part])
+            expected = module(example)
         expected = [expected] if isinstance(expected, Tensor) else list(expected)
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        got = session.run(output_names, {session.get_inputs()[0].name: inputs[part].numpy()})
+        got = session.run(output_names, {session.get_inputs()[0].name: example.numpy()})
         for out_name, g, e in zip(output_names, got, expected):
             compare_arrays(report, f"{part}.{out_name}", g, e.numpy(), TOLERANCES["onnx"])
     return report

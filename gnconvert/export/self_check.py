@@ -83,8 +83,7 @@ def compare_detections(report: VerifyReport, reference: Detections, boxes: np.nd
                        masks: Optional[np.ndarray]) -> VerifyReport:
     """Fill `report` with the differences of one image's detections from the reference."""
     report.detections = len(reference)
-    for key in ("box", "score", "mask_prob", "mask_iou_deficit"):
-        report.tolerances[key] = TOLERANCES[key]
+    report.tolerances.update({key: TOLERANCES[key] for key in ("box", "score", "mask_prob", "mask_iou_deficit")})
     if len(scores) != len(reference):
         report.problems.append(f"{len(scores)} detections, the in-process model has {len(reference)}")
         return report

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
 from gnconvert.errors import UsageError
 from gnconvert.export import backbone_check
-from gnconvert.export.common import BUNDLED_IMAGE
+from gnconvert.export.common import BUNDLED_IMAGE, built_network
 from gnconvert.export.self_check import VerifyReport
 from gnconvert.export.torchvision_api import CROP, RESIZE, TIMM_MODELS, require_timm, rgb_mean_std, timm_resnet
 from gnconvert.export.torchvision_weights import RGB_MEANS_NOTE, torchvision_state_dict
@@ -30,15 +30,12 @@ def outputs(output) -> List[str]:
 def loaded_network(ckpt: ConvertedCheckpoint):
     """Our ResNetClassifier with the checkpoint's weights: timm takes the ImageNet backbones only."""
     from gnconvert.architecture import Kind
-    from gnconvert.model import build_network
 
     require_timm()
     if ckpt.arch.kind != Kind.CLASSIFIER:
         raise UsageError("--to timm takes the ImageNet backbones (R-50-GN.pkl, R-101-GN.pkl); a Mask R-CNN "
                          "goes --to torchvision")
-    network = build_network(ckpt.arch)
-    network.load_state_dict(ckpt.torch_state_dict(), strict=True)
-    return network.eval()
+    return built_network(ckpt)
 
 
 def timm_config(ckpt: ConvertedCheckpoint) -> Dict[str, Any]:
@@ -75,8 +72,7 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None, reference:
     from timm.data import resolve_data_config
 
     network = loaded_network(ckpt) if network is None else network
-    report = backbone_check.verify_backbone("timm", paths, network, ckpt.arch,
-                                            lambda: timm_resnet(ckpt.arch.depth, ckpt.arch.num_classes), image)
+    report = backbone_check.verify_backbone("timm", paths, network, ckpt.arch, timm_resnet, image)
     data = resolve_data_config(pretrained_cfg=backbone_check.read_sidecar(paths[1])["pretrained_cfg"])
     mean, std = rgb_mean_std(ckpt.arch)
     expected = {"mean": mean, "std": std, "interpolation": "bilinear", "input_size": (3, CROP, CROP)}

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from gnconvert.architecture import Kind
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
 from gnconvert.export import backbone_check
-from gnconvert.export.common import BUNDLED_IMAGE
+from gnconvert.export.common import BUNDLED_IMAGE, built_network
 from gnconvert.export.self_check import VerifyReport
 from gnconvert.export.torchvision_api import CROP, RESIZE, rgb_mean_std, torchvision_resnet
 from gnconvert.export.torchvision_weights import (
@@ -34,12 +34,8 @@ outputs = backbone_check.outputs
 
 def loaded_network(ckpt: ConvertedCheckpoint):
     """Our network (MaskRCNNNetwork or ResNetClassifier) with the checkpoint's weights, in eval mode."""
-    from gnconvert.model import build_network
-
     check_supported(ckpt.arch)
-    network = build_network(ckpt.arch)
-    network.load_state_dict(ckpt.torch_state_dict(), strict=True)
-    return network.eval()
+    return built_network(ckpt)
 
 
 def sidecar(ckpt: ConvertedCheckpoint) -> Dict[str, Any]:
@@ -71,9 +67,7 @@ def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None, reference:
     """Reload with torch + torchvision alone, load strictly, compare (see the module docstring)."""
     network = loaded_network(ckpt) if network is None else network
     if ckpt.arch.kind == Kind.CLASSIFIER:
-        return backbone_check.verify_backbone(
-            "torchvision", paths, network, ckpt.arch,
-            lambda: torchvision_resnet(ckpt.arch.depth, ckpt.arch.num_classes), image)
+        return backbone_check.verify_backbone("torchvision", paths, network, ckpt.arch, torchvision_resnet, image)
     from gnconvert.export.maskrcnn_check import verify_maskrcnn
 
     return verify_maskrcnn(ckpt, paths, network, reference, image)

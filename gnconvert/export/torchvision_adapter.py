@@ -29,10 +29,8 @@ class TorchvisionPredictor:
     def __init__(self, model: torch.nn.Module, mask_thresh: float = 0.5):
         self.model = model.eval()
         self.mask_thresh = float(mask_thresh)
-        lookup = np.zeros(256, np.int64)  # COCO id -> contiguous index; 0 for ids no Detectron class has
-        for cid, contiguous in coco_categories.COCO_TO_CONTIGUOUS.items():
-            lookup[cid] = contiguous
-        self._contiguous = lookup
+        self._contiguous = np.zeros(256, np.int64)  # COCO id -> contiguous index; 0 for ids no Detectron class has
+        self._contiguous[coco_categories.COCO_IDS] = np.arange(1, len(coco_categories.COCO_IDS) + 1)
 
     @property
     def device(self) -> torch.device:
@@ -55,8 +53,6 @@ class TorchvisionPredictor:
         return results
 
     def _detections(self, out: Dict[str, torch.Tensor], size, masks: bool, dense_masks: bool) -> Detections:
-        from pycocotools import mask as mask_util
-
         labels = out["labels"].cpu().numpy()
         classes = self._contiguous[labels]
         if np.any(classes == 0):
@@ -69,11 +65,18 @@ class TorchvisionPredictor:
                           classes=classes[order].astype(np.int64), image_size=(int(size[0]), int(size[1])))
         if masks and "masks" in out:
             binary = (out["masks"][:, 0] > self.mask_thresh).to(torch.uint8).cpu().numpy()[order]
-            rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
-            dets.masks_rle = [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
+            dets.masks_rle = binary_rles(binary)
             if dense_masks:
                 dets.masks = binary
         return dets
+
+
+def binary_rles(masks: np.ndarray) -> List[dict]:
+    """(N, H, W) uint8 binary masks -> COCO RLEs with str counts, as `Detections.masks_rle` holds them."""
+    from pycocotools import mask as mask_util
+
+    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
 
 
 def predictor_for(model: Any, backend: str) -> Any:

@@ -188,8 +188,7 @@ def builder_call(arch: Architecture) -> str:
 
 def category_names() -> List[str]:
     """torchvision's 91 COCO labels: '__background__', the names at their ids, 'N/A' for unused ids."""
-    names = ["N/A"] * TORCHVISION_CLASSES
-    names[0] = "__background__"
+    names = ["__background__"] + ["N/A"] * (TORCHVISION_CLASSES - 1)
     for cid, name in coco_categories.COCO_CATEGORIES:
         names[cid] = name
     return names

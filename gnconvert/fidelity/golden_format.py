@@ -74,18 +74,14 @@ def records(folder: Path, tag: str) -> Dict[str, dict]:
         raise ParityError(f"reference file {path} cannot be read ({e}); restore it from the golden folder") from e
 
 
-def record(folder: Path, tag: str, image: str) -> dict:
-    data = records(folder, tag)
-    if image not in data:
-        raise ParityError(f"reference {Path(folder) / 'detectron' / f'{tag}.json'} has no image {image!r}; "
-                          f"it holds {sorted(data)}")
-    return data[image]
-
-
 def load(folder: Path, tag: str, image: str, intermediates: bool = True) -> GoldenImage:
     """Reference detections (and intermediates, if present) for one image of one run."""
     folder = Path(folder)
-    entry = record(folder, tag, image)
+    data = records(folder, tag)
+    if image not in data:
+        raise ParityError(f"reference {folder / 'detectron' / f'{tag}.json'} has no image {image!r}; "
+                          f"it holds {sorted(data)}")
+    entry = data[image]
     golden = GoldenImage(
         tag=tag,
         image=image,

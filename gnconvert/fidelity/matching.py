@@ -19,19 +19,19 @@ SCORE_TOL = 1e-3
 MASK_IOU = 0.97
 
 
+def _area(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Area between corners (..., 2) `lo` and `hi` with Detectron's "+1" sides, a side below zero as 0."""
+    sides = np.clip(hi - lo + 1, 0, None)
+    return sides[..., 0] * sides[..., 1]
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, M) IoU with Detectron's "+1" sides, so sub-pixel and zero-width boxes
     (which these seeded models produce) still compare; sides below zero count as 0."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
-    wa = np.clip(a[:, 2] - a[:, 0] + 1, 0, None)
-    ha = np.clip(a[:, 3] - a[:, 1] + 1, 0, None)
-    wb = np.clip(b[:, 2] - b[:, 0] + 1, 0, None)
-    hb = np.clip(b[:, 3] - b[:, 1] + 1, 0, None)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + 1, 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + 1, 0, None)
-    inter = iw * ih
-    union = (wa * ha)[:, None] + (wb * hb)[None, :] - inter
+    inter = _area(np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:]))
+    union = _area(a[:, :2], a[:, 2:])[:, None] + _area(b[:, :2], b[:, 2:])[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
     # identical degenerate boxes (no "+1" area at all) still match each other
@@ -85,14 +85,10 @@ def match_detections(
     if nr == 0 or no == 0:
         return result
     iou = box_iou(reference.boxes, ours.boxes)
-    ok = (
-        (reference.classes[:, None] == ours.classes[None, :])
-        & (iou >= min_iou)
-        & (np.abs(reference.scores[:, None].astype(np.float64) - ours.scores[None, :]) <= score_tol)
-    )
-    cand = np.argwhere(ok)
+    diff = np.abs(reference.scores[:, None].astype(np.float64) - ours.scores[None, :])
+    ok = (reference.classes[:, None] == ours.classes[None, :]) & (iou >= min_iou) & (diff <= score_tol)
     # best IoU, then closest score first; ties by reference order
-    key = [(-iou[i, j], abs(float(reference.scores[i]) - float(ours.scores[j])), i, j) for i, j in cand]
+    key = [(-iou[i, j], diff[i, j], i, j) for i, j in np.argwhere(ok)]
     used_r, used_o = set(), set()
     for _, _, i, j in sorted(key):
         if i in used_r or j in used_o:
@@ -103,9 +99,7 @@ def match_detections(
     result.pairs.sort()
     if result.pairs:
         result.worst_box_iou = float(min(iou[i, j] for i, j in result.pairs))
-        result.worst_score_diff = float(
-            max(abs(float(reference.scores[i]) - float(ours.scores[j])) for i, j in result.pairs)
-        )
+        result.worst_score_diff = float(max(diff[i, j] for i, j in result.pairs))
         if masks and reference.masks_rle and ours.masks_rle:
             result.worst_mask_iou = min(mask_iou(reference.masks_rle[i], ours.masks_rle[j]) for i, j in result.pairs)
     return result

@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from gnconvert.fidelity import golden_coco, golden_format
 from gnconvert.fidelity.matching import match_detections
 from gnconvert.fidelity.parity import MAP_REL_TOL, relative_error
+from gnconvert.results.detections import Detections
 
 LOOSE_IOU = 0.9
 LOOSE_SCORE = 0.05
@@ -69,13 +70,24 @@ class ModeFidelity:
                 "loose_share": self.loose_share, "box_ap": self.box_ap, "mask_ap": self.mask_ap,
                 "fpn_rel_error": self.fpn_rel_error}
 
+    def summary(self) -> str:
+        """Images, Detectron's detections, the shares matched and the APs: how every report of a run begins."""
+        return (f"{len(self.images)} image(s), {self.reference} Detectron detections: "
+                f"{100 * self.strict_share:.1f}% matched strictly (IoU>=0.99, |dscore|<=1e-3), "
+                f"{100 * self.loose_share:.1f}% loosely (IoU>={LOOSE_IOU}, |dscore|<={LOOSE_SCORE}); "
+                f"AP vs Detectron's detections: box {self.box_ap:.1f}, mask {self.mask_ap:.1f}")
+
     def format(self) -> str:
         fpn = self.fpn_rel_error
         fpn_text = "n/a" if fpn is None else f"{fpn:.1e} of max |value| (exact-mode bound {MAP_REL_TOL:.0e})"
-        return (f"{self.mode}: {len(self.images)} image(s), {self.reference} Detectron detections: "
-                f"{100 * self.strict_share:.1f}% matched strictly (IoU>=0.99, |dscore|<=1e-3), "
-                f"{100 * self.loose_share:.1f}% loosely (IoU>={LOOSE_IOU}, |dscore|<={LOOSE_SCORE}); "
-                f"AP vs Detectron's detections: box {self.box_ap:.1f}, mask {self.mask_ap:.1f}; FPN error {fpn_text}")
+        return f"{self.mode}: {self.summary()}; FPN error {fpn_text}"
+
+
+def strict_and_loose(reference: Detections, ours: Detections) -> Tuple[int, int]:
+    """How many of `reference`'s detections `ours` matches under the README's criteria, and under the loose ones."""
+    strict = match_detections(reference, ours)
+    loose = match_detections(reference, ours, masks=False, min_iou=LOOSE_IOU, score_tol=LOOSE_SCORE)
+    return len(strict.pairs), len(loose.pairs)
 
 
 def _fpn_error(ours: Dict[str, np.ndarray], reference: Dict[str, np.ndarray]) -> Optional[float]:
@@ -87,36 +99,44 @@ def _fpn_error(ours: Dict[str, np.ndarray], reference: Dict[str, np.ndarray]) ->
     return max(relative_error(ours[k], reference[k]) for k in keys)
 
 
-def measure(detector, folder: Path, tag: str, images: Sequence[str], mode: str = "") -> ModeFidelity:
-    """Run `detector` (any mode) on golden `images` of run `tag` under `folder` (a golden folder
-    or the selftest bundle) and measure its fidelity to Detectron's outputs."""
+def judge_runs(run_image: Callable[[str], Tuple[Detections, Dict[str, np.ndarray]]], folder: Path, tag: str,
+               images: Sequence[str], mode: str, intermediates: bool = True) -> ModeFidelity:
+    """`run_image(image path) -> (detections, recorded intermediates)` on golden `images` of run `tag`,
+    timed and judged against Detectron's outputs: what every fidelity measurement shares."""
     from gnconvert.evaluation import coco_eval
-    from gnconvert.fidelity.stage_run import StageRun
     from gnconvert.results.coco_results import to_results
 
     folder = Path(folder)
-    result = ModeFidelity(mode=mode or getattr(getattr(detector, "mode", None), "name", "?"), tag=tag)
+    result = ModeFidelity(mode=mode, tag=tag)
     entries, bbox, segm = [], [], []
     raw = golden_format.records(folder, tag)
     for image_id, name in enumerate(images, start=1):
-        golden = golden_format.load(folder, tag, name)
+        golden = golden_format.load(folder, tag, name, intermediates=intermediates)
         t0 = time.perf_counter()
-        run = StageRun(detector, str(folder / "images" / name))
-        ours = run.detections()
+        ours, recorded = run_image(str(folder / "images" / name))
         seconds = time.perf_counter() - t0
-        strict = match_detections(golden.detections, ours)
-        loose = match_detections(golden.detections, ours, masks=False, min_iou=LOOSE_IOU, score_tol=LOOSE_SCORE)
+        strict, loose = strict_and_loose(golden.detections, ours)
         result.images.append(ImageFidelity(
-            image=name, reference=len(golden.detections), ours=len(ours), strict=len(strict.pairs),
-            loose=len(loose.pairs), fpn_rel_error=_fpn_error(run.intermediates, golden.intermediates),
-            seconds=seconds))
+            image=name, reference=len(golden.detections), ours=len(ours), strict=strict, loose=loose,
+            fpn_rel_error=_fpn_error(recorded, golden.intermediates), seconds=seconds))
         b, s = to_results(image_id, ours)
         bbox += b
         segm += s
         entries.append((image_id, name, raw[name]))
     truth = golden_coco.ground_truth(entries, f"Detectron's detections for {tag}")
-    ids = [e[0] for e in entries]
-    evals = coco_eval.evaluate(truth, {"bbox": bbox, "segm": segm}, ids)
+    evals = coco_eval.evaluate(truth, {"bbox": bbox, "segm": segm}, [e[0] for e in entries])
     result.box_ap = float(evals["bbox"]["metrics"]["AP"])
     result.mask_ap = float(evals["segm"]["metrics"]["AP"])
     return result
+
+
+def measure(detector, folder: Path, tag: str, images: Sequence[str], mode: str = "") -> ModeFidelity:
+    """Run `detector` (any mode) on golden `images` of run `tag` under `folder` (a golden folder
+    or the selftest bundle) and measure its fidelity to Detectron's outputs."""
+    from gnconvert.fidelity.stage_run import StageRun
+
+    def run_image(path: str) -> Tuple[Detections, Dict[str, np.ndarray]]:
+        run = StageRun(detector, path)
+        return run.detections(), run.intermediates
+
+    return judge_runs(run_image, folder, tag, images, mode or getattr(getattr(detector, "mode", None), "name", "?"))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -67,27 +67,26 @@ def _compare_map(name: str, ours, ref, tol: float = MAP_REL_TOL) -> StageResult:
     return StageResult(name, rel <= tol, f"max error {rel:.2e} of max |value| (tol {tol:.0e})")
 
 
-def _match_boxes(ours: np.ndarray, ref: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _match_boxes(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """For each reference box the index of our best-IoU box (-1 when IoU < BOX_IOU), one-to-one."""
-    if len(ref) == 0 or len(ours) == 0:
-        return np.full(len(ref), -1), np.zeros(len(ref))
-    iou = box_iou(ref, ours)
     best = np.full(len(ref), -1)
-    best_iou = np.zeros(len(ref))
+    if len(ref) == 0 or len(ours) == 0:
+        return best
+    iou = box_iou(ref, ours)
     taken = np.zeros(len(ours), bool)
     for i in range(len(ref)):
         row = np.where(taken, -1.0, iou[i])
         j = int(np.argmax(row))
         if row[j] >= BOX_IOU:
-            best[i], best_iou[i] = j, row[j]
+            best[i] = j
             taken[j] = True
-    return best, best_iou
+    return best
 
 
 def _compare_box_set(name: str, ours, ref) -> StageResult:
     if ours is None:
         return StageResult(name, False, "missing from our run", decision=True)
-    best, _ = _match_boxes(ours[:, 1:5], ref[:, 1:5])
+    best = _match_boxes(ours[:, 1:5], ref[:, 1:5])
     frac = float((best >= 0).mean()) if len(ref) else 1.0
     return StageResult(
         name, frac >= MIN_MATCHED, f"{len(ours)} vs {len(ref)} boxes, {100 * frac:.2f}% of reference matched (IoU >= {BOX_IOU})",
@@ -122,7 +121,7 @@ def compare_proposal_rows(name: str, ours: np.ndarray, ours_probs: np.ndarray, r
     # every unplaced row is tied: its tie group must hold the same boxes, one to one
     for p in np.unique(ref_probs[~same]):
         group = np.flatnonzero((ref_probs == p) & ~same)
-        best, _ = _match_boxes(ours[group, 1:5], ref[group, 1:5])
+        best = _match_boxes(ours[group, 1:5], ref[group, 1:5])
         if (best < 0).any():
             return StageResult(name, False, f"{int((best < 0).sum())} rows tied at probability {p:.8g} hold boxes "
                                             "Detectron's do not")
@@ -135,22 +134,16 @@ def compare_proposal_rows(name: str, ours: np.ndarray, ours_probs: np.ndarray, r
 
 def compare_stages(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> List[StageResult]:
     """Per-stage comparison of intermediates named as in the golden npz files."""
-    out: List[StageResult] = []
-    for key in ("im_info", "data_shape", "data_crop"):
-        if key in ref:
-            out.append(_compare_map(key, ours.get(key), ref[key]))
     levels = sorted({int(k[1]) for k in ref if k.startswith("p") and k.endswith("_shape")})
-    for k in levels:
-        for part in ("shape", "channel_mean", "crop"):
-            key = f"p{k}_{part}"
-            out.append(_compare_map(key, ours.get(key), ref[key]))
-    rpn_levels = sorted(int(k[len("rpn_rois_fpn"):]) for k in ref if k.startswith("rpn_rois_fpn"))
-    for k in rpn_levels:
-        out.append(_compare_box_set(f"rpn_rois_fpn{k}", ours.get(f"rpn_rois_fpn{k}"), ref[f"rpn_rois_fpn{k}"]))
+    maps: List[str] = [k for k in ("im_info", "data_shape", "data_crop") if k in ref]
+    maps += [f"p{k}_{part}" for k in levels for part in ("shape", "channel_mean", "crop")]
+    out = [_compare_map(key, ours.get(key), ref[key]) for key in maps]
+    box_sets = sorted((k for k in ref if k.startswith("rpn_rois_fpn")), key=lambda k: int(k[len("rpn_rois_fpn"):]))
+    out += [_compare_box_set(key, ours.get(key), ref[key]) for key in box_sets]
     if "rois" in ref:
         out.append(_compare_box_set("rois", ours.get("rois"), ref["rois"]))
         if "rois" in ours:
-            best, _ = _match_boxes(ours["rois"][:, 1:5], ref["rois"][:, 1:5])
+            best = _match_boxes(ours["rois"][:, 1:5], ref["rois"][:, 1:5])
             hit = best >= 0
             for key in ("cls_prob", "bbox_pred"):
                 if key in ref and key in ours and hit.any():
@@ -163,8 +156,7 @@ def compare_stages(ours: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> L
 def compare_masks(ours_probs: Optional[np.ndarray], ref_probs: np.ndarray, match: DetectionMatch) -> Optional[StageResult]:
     if ours_probs is None or not match.pairs:
         return None
-    r = np.array([i for i, _ in match.pairs])
-    o = np.array([j for _, j in match.pairs])
+    r, o = np.array(match.pairs).T
     err = float(np.abs(ours_probs[o].astype(np.float64) - ref_probs[r]).max())
     return StageResult("mask_probs", err <= 1e-2, f"on {len(r)} matched detections: max abs error {err:.2e}", decision=True)
 
@@ -240,8 +232,7 @@ def noise_floor(run: StageRun, reference, ours: Detections, runs: int = NOISE_RU
     target = match_detections(reference.detections, ours)
     matches: List[DetectionMatch] = []
     hit = np.zeros(len(reference.detections), bool)
-    for i, _ in match_detections(reference.detections, ours, masks=False).pairs:
-        hit[i] = True
+    hit[[i for i, _ in match_detections(reference.detections, ours, masks=False).pairs]] = True
     floor = None
     while len(matches) < max(runs, 1):
         floor = _one_more(run, reference, ours, sigmas, gen, matches, hit)
@@ -257,8 +248,7 @@ def _one_more(run: StageRun, reference, ours: Detections, sigmas: List[float], g
     feats = [f + s * torch.randn(f.shape, generator=gen).to(f.device, f.dtype) for f, s in zip(run.feats, sigmas)]
     noisy = run.with_features(feats).detections()
     matches.append(match_detections(ours, noisy))
-    for i, _ in match_detections(reference.detections, noisy, masks=False).pairs:
-        hit[i] = True
+    hit[[i for i, _ in match_detections(reference.detections, noisy, masks=False).pairs]] = True
     union = float(hit.mean()) if len(hit) else 1.0
     return NoiseFloor(sigmas=list(sigmas), self_matches=list(matches), detectron_union=union)
 
@@ -293,17 +283,15 @@ class ParityReport:
 
     def format(self) -> str:
         m = self.match
-        lines = [f"== {self.tag} / {self.image}: {self.verdict}"]
-        lines.append(
+        mask = "n/a" if m.worst_mask_iou is None else f"{m.worst_mask_iou:.4f}"
+        lines = [
+            f"== {self.tag} / {self.image}: {self.verdict}",
             f"  detections: {len(m.pairs)}/{m.num_reference} of Detectron's matched ({100 * m.matched_fraction:.1f}%, "
             f"need >= {100 * MIN_MATCHED:.0f}%), "
-            f"{m.extra} extra of {m.num_ours} ({100 * m.extra_fraction:.1f}%, max {100 * MAX_EXTRA:.0f}%)"
-        )
-        mask = "n/a" if m.worst_mask_iou is None else f"{m.worst_mask_iou:.4f}"
-        lines.append(
+            f"{m.extra} extra of {m.num_ours} ({100 * m.extra_fraction:.1f}%, max {100 * MAX_EXTRA:.0f}%)",
             f"  worst matched: box IoU {m.worst_box_iou:.5f} (>= {BOX_IOU}), score diff {m.worst_score_diff:.2e} "
-            f"(<= {SCORE_TOL:.0e}), mask IoU {mask} (>= {MASK_IOU})"
-        )
+            f"(<= {SCORE_TOL:.0e}), mask IoU {mask} (>= {MASK_IOU})",
+        ]
         if self.noise is not None:
             lines.append("  " + self.noise.format())
         for s in self.stages:
@@ -320,10 +308,8 @@ class ParityReport:
 def compare(reference, ours: Detections, intermediates: Optional[Dict[str, np.ndarray]] = None) -> ParityReport:
     """Full report for one image: `reference` is a `golden_format.GoldenImage`."""
     match = match_detections(reference.detections, ours)
-    report = ParityReport(
-        tag=reference.tag, image=reference.image, match=match, timings=dict(ours.timings),
-        reference_seconds=reference.detectron_cpu_seconds,
-    )
+    report = ParityReport(tag=reference.tag, image=reference.image, match=match, timings=dict(ours.timings),
+                          reference_seconds=reference.detectron_cpu_seconds)
     if intermediates is not None and reference.intermediates:
         report.stages = compare_stages(intermediates, reference.intermediates)
         if "mask_probs" in reference.intermediates:

@@ -57,8 +57,7 @@ def draw_blob(name: str, shape: Sequence[int], rng: np.random.RandomState) -> np
 
 def seeded_blobs(arch: Architecture, seed: int = 1) -> Dict[str, np.ndarray]:
     """Every blob a Detectron checkpoint of `arch` holds (momentum, preserved fc included)."""
-    entries = [(n, s, t) for n, s, t in expected_inventory(arch)]
-    entries += [(n, s, False) for n, s in preserved_inventory(arch)]
+    entries = expected_inventory(arch) + [(n, s, False) for n, s in preserved_inventory(arch)]
     blobs: Dict[str, np.ndarray] = {}
     for name, shape, trainable in entries:
         rng = blob_rng(name, seed)

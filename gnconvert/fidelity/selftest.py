@@ -8,6 +8,7 @@ with Detectron's own outputs for that very checkpoint and image.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -82,51 +83,48 @@ def run(runtime: Optional[Runtime] = None, workdir: Optional[str] = None, log: C
     steps: Dict[str, float] = {}
     facts: List[str] = []
 
+    @contextlib.contextmanager
     def step(name):
         t = time.perf_counter()
         log(f"  {name} ...")
-        return lambda: steps.__setitem__(name, time.perf_counter() - t)
+        yield
+        steps[name] = time.perf_counter() - t
 
     cfg_text = (bundle / CFG).read_text()
     with tempfile.TemporaryDirectory(prefix="gnconvert-selftest-", dir=workdir) as tmp:
-        done = step("build seeded Python-2 checkpoint")
-        arch = architecture_from_cfg(parse_detectron_cfg(cfg_text))
-        blobs = seeded.seeded_blobs(arch, SEED)
-        pkl = os.path.join(tmp, "model_final.pkl")
-        try:
-            write_detectron_pickle(pkl, blobs, cfg_text=cfg_text)
-        except OSError as e:
-            raise output_error(pkl, e) from None
-        facts.append(f"checkpoint: {len(blobs)} blobs, {os.path.getsize(pkl) / 1e6:.0f} MB Python-2 pickle "
-                     f"(seed {SEED}, sha256 {seeded.blobs_checksum(blobs)[:16]})")
-        del blobs
-        done()
+        with step("build seeded Python-2 checkpoint"):
+            arch = architecture_from_cfg(parse_detectron_cfg(cfg_text))
+            blobs = seeded.seeded_blobs(arch, SEED)
+            pkl = os.path.join(tmp, "model_final.pkl")
+            try:
+                write_detectron_pickle(pkl, blobs, cfg_text=cfg_text)
+            except OSError as e:
+                raise output_error(pkl, e) from None
+            facts.append(f"checkpoint: {len(blobs)} blobs, {os.path.getsize(pkl) / 1e6:.0f} MB Python-2 pickle "
+                         f"(seed {SEED}, sha256 {seeded.blobs_checksum(blobs)[:16]})")
+            del blobs
 
-        done = step("read + convert")
-        ckpt = load_source(pkl)
-        st = os.path.join(tmp, "model.safetensors")
-        save_converted(st, ckpt.state_dict, ckpt.arch, ckpt.provenance, ckpt.dropped, ckpt.cfg_text)
-        facts.append(f"converted: {len(ckpt.state_dict)} parameters ({ckpt.num_parameters / 1e6:.1f} M values), "
-                     f"{len(ckpt.dropped)} blobs dropped with reasons; architecture from {ckpt.provenance.get('architecture_from')}")
-        del ckpt
-        done()
+        with step("read + convert"):
+            ckpt = load_source(pkl)
+            st = os.path.join(tmp, "model.safetensors")
+            save_converted(st, ckpt.state_dict, ckpt.arch, ckpt.provenance, ckpt.dropped, ckpt.cfg_text)
+            facts.append(f"converted: {len(ckpt.state_dict)} parameters ({ckpt.num_parameters / 1e6:.1f} M values), "
+                         f"{len(ckpt.dropped)} blobs dropped with reasons; architecture from {ckpt.provenance.get('architecture_from')}")
+            del ckpt
 
-        done = step("load converted .safetensors")
-        converted = load_source(st)
-        model = build_model(converted, runtime=exact)
-        facts.append(f"GroupNorm: {exact.group_norm}")
-        done()
+        with step("load converted .safetensors"):
+            converted = load_source(st)
+            model = build_model(converted, runtime=exact)
+            facts.append(f"GroupNorm: {exact.group_norm}")
 
-    done = step(f"predict {IMAGE} on {exact.device}")
-    reference = golden_format.load(bundle, TAG, IMAGE)
-    report = parity.check_image(model, reference, str(bundle / "images" / IMAGE))
-    done()
+    with step(f"predict {IMAGE} on {exact.device}"):
+        reference = golden_format.load(bundle, TAG, IMAGE)
+        report = parity.check_image(model, reference, str(bundle / "images" / IMAGE))
     fast = None
     if not runtime.mode.exact:
         from gnconvert.fidelity import mode_fidelity
 
         del model
-        done = step(f"predict {IMAGE} in {runtime.mode.name} on {runtime.device}")
-        fast = mode_fidelity.measure(build_model(converted, runtime=runtime), bundle, TAG, [IMAGE])
-        done()
+        with step(f"predict {IMAGE} in {runtime.mode.name} on {runtime.device}"):
+            fast = mode_fidelity.measure(build_model(converted, runtime=runtime), bundle, TAG, [IMAGE])
     return SelftestResult(report=report, steps=steps, facts=facts, fast=fast)

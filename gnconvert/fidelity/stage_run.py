@@ -80,8 +80,7 @@ class StageRun:
         given_rois = None if rois is None else torch.as_tensor(np.asarray(rois, np.float32)[:, 1:5],
                                                                 device=self.detector.device)
         boxes, scores, classes, _, _, _ = self._run(masks=False, rois=given_rois)
-        return Detections(boxes=_np(boxes).reshape(-1, 4), scores=_np(scores), classes=_np(classes),
-                          image_size=self.image_size)
+        return _box_detections(boxes, scores, classes, self.image_size)
 
     def masks(self, detections: Detections) -> Detections:
         """Mask head and paste for these final boxes (ours, or Detectron's): a copy with RLE masks."""
@@ -96,9 +95,12 @@ class StageRun:
     def detections(self) -> Detections:
         """The free run: our own input to every stage, in one pass of the runner."""
         boxes, scores, classes, probs, crops, starts = self._run(masks=True)
-        ours = Detections(boxes=_np(boxes).reshape(-1, 4), scores=_np(scores), classes=_np(classes),
-                          image_size=self.image_size)
+        ours = _box_detections(boxes, scores, classes, self.image_size)
         return _with_masks(ours, probs, crops, starts, self.image_size)
+
+
+def _box_detections(boxes, scores, classes, image_size) -> Detections:
+    return Detections(boxes=_np(boxes).reshape(-1, 4), scores=_np(scores), classes=_np(classes), image_size=image_size)
 
 
 def _with_masks(detections: Detections, probs, crops, starts, image_size) -> Detections:

@@ -16,16 +16,15 @@ measure the conventions on a scale that also holds for trained weights.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from gnconvert.fidelity import golden_coco, golden_format
-from gnconvert.fidelity.matching import box_iou, mask_iou, match_detections
-from gnconvert.fidelity.mode_fidelity import LOOSE_IOU, LOOSE_SCORE, ImageFidelity, ModeFidelity
+from gnconvert.fidelity import golden_format
+from gnconvert.fidelity.matching import box_iou, mask_iou
+from gnconvert.fidelity.mode_fidelity import ModeFidelity, judge_runs
 from gnconvert.fidelity.parity import relative_error
 
 
@@ -53,16 +52,12 @@ class TorchvisionAgreement:
 
     def format(self) -> str:
         f = self.free
-        lines = [f"torchvision MaskRCNN vs Detectron, {self.tag}: {len(f.images)} image(s), {f.reference} Detectron "
-                 f"detections: {100 * f.strict_share:.1f}% matched strictly (IoU>=0.99, |dscore|<=1e-3), "
-                 f"{100 * f.loose_share:.1f}% loosely (IoU>={LOOSE_IOU}, |dscore|<={LOOSE_SCORE}); AP vs Detectron's "
-                 f"detections: box {f.box_ap:.1f}, mask {f.mask_ap:.1f}"]
+        lines = [f"torchvision MaskRCNN vs Detectron, {self.tag}: {f.summary()}"]
         for i in f.images:
             lines.append(f"  free run {i.image}: {i.strict}/{i.reference} strict, {i.loose}/{i.reference} loose "
                          f"({i.ours} detections, {i.seconds:.1f}s)")
         for s in self.stages:
-            masks = ("n/a" if s.mask_iou_min is None
-                     else f"min {s.mask_iou_min:.3f}, median {s.mask_iou_median:.3f}")
+            masks = "n/a" if s.mask_iou_min is None else f"min {s.mask_iou_min:.3f}, median {s.mask_iou_median:.3f}"
             lines.append(f"  on Detectron's inputs {s.image}: FPN {s.fpn_rel_error:.1e}, RPN head {s.rpn_rel_error:.1e} "
                          f"of max |value|; class prob max diff {s.cls_prob_max_diff:.1e}; box IoU min "
                          f"{s.box_iou_min:.3f}, median {s.box_iou_median:.4f}; mask IoU {masks}")
@@ -71,32 +66,7 @@ class TorchvisionAgreement:
 
 def free_run(predictor, folder: Path, tag: str, images: Sequence[str], mode: str = "torchvision") -> ModeFidelity:
     """Any predictor (`predict(path) -> Detections`) on golden `images`, judged like `mode_fidelity.measure`."""
-    from gnconvert.evaluation import coco_eval
-    from gnconvert.results.coco_results import to_results
-
-    folder = Path(folder)
-    result = ModeFidelity(mode=mode, tag=tag)
-    raw = golden_format.records(folder, tag)
-    entries, bbox, segm = [], [], []
-    for image_id, name in enumerate(images, start=1):
-        golden = golden_format.load(folder, tag, name, intermediates=False)
-        t0 = time.perf_counter()
-        ours = predictor.predict(str(folder / "images" / name))
-        seconds = time.perf_counter() - t0
-        strict = match_detections(golden.detections, ours)
-        loose = match_detections(golden.detections, ours, masks=False, min_iou=LOOSE_IOU, score_tol=LOOSE_SCORE)
-        result.images.append(ImageFidelity(image=name, reference=len(golden.detections), ours=len(ours),
-                                           strict=len(strict.pairs), loose=len(loose.pairs), fpn_rel_error=None,
-                                           seconds=seconds))
-        b, s = to_results(image_id, ours)
-        bbox += b
-        segm += s
-        entries.append((image_id, name, raw[name]))
-    truth = golden_coco.ground_truth(entries, f"Detectron's detections for {tag}")
-    evals = coco_eval.evaluate(truth, {"bbox": bbox, "segm": segm}, [e[0] for e in entries])
-    result.box_ap = float(evals["bbox"]["metrics"]["AP"])
-    result.mask_ap = float(evals["segm"]["metrics"]["AP"])
-    return result
+    return judge_runs(lambda path: (predictor.predict(path), {}), folder, tag, images, mode, intermediates=False)
 
 
 def _tv_boxes(boxes: np.ndarray):
@@ -117,6 +87,7 @@ def stages(tv_model, network, arch, folder: Path, tag: str, name: str) -> StageA
     from torchvision.models.detection.transform import paste_masks_in_image, resize_boxes
     from torchvision.ops.boxes import clip_boxes_to_image
 
+    from gnconvert.export.torchvision_adapter import binary_rles
     from gnconvert.inference import box_postprocess, preprocess
     from gnconvert.inference.cv2_resize import round_half_even
     from gnconvert.results import coco_categories
@@ -162,7 +133,7 @@ def stages(tv_model, network, arch, folder: Path, tag: str, name: str) -> StageA
             probs_28 = maskrcnn_inference(mask_logits, [labels])[0]
             pasted = paste_masks_in_image(probs_28, resize_boxes(boxes, resized, (h, w)), (h, w))[:, 0]
             binary = (pasted > t.mask_thresh_binarize).to(torch.uint8).numpy()
-            mask_ious = [mask_iou(rle, _rle(binary[i])) for i, rle in enumerate(dets.masks_rle or [])]
+            mask_ious = [mask_iou(a, b) for a, b in zip(dets.masks_rle or [], binary_rles(binary))]
     return StageAgreement(
         image=name, fpn_rel_error=fpn, rpn_rel_error=rpn, cls_prob_max_diff=cls_diff,
         box_iou_min=float(ious.min()), box_iou_median=float(np.median(ious)),
@@ -170,24 +141,16 @@ def stages(tv_model, network, arch, folder: Path, tag: str, name: str) -> StageA
         mask_iou_median=float(np.median(mask_ious)) if mask_ious else None)
 
 
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_util
-
-    rle = mask_util.encode(np.asfortranarray(mask[:, :, None]))[0]
-    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
-
-
 def measure(ckpt, folder: Path, tag: str, images: Sequence[str]) -> TorchvisionAgreement:
     """Both measurements for one seeded checkpoint (a ConvertedCheckpoint of `tag`'s architecture)."""
+    from gnconvert.export.common import built_network
     from gnconvert.export.torchvision_adapter import TorchvisionPredictor
     from gnconvert.export.torchvision_api import to_torchvision
-    from gnconvert.model import build_network
 
     tv_model = to_torchvision(ckpt)
     predictor = TorchvisionPredictor(tv_model, ckpt.arch.test.mask_thresh_binarize)
-    network = build_network(ckpt.arch)
-    network.load_state_dict(ckpt.torch_state_dict())
+    network = built_network(ckpt)
     result = TorchvisionAgreement(tag, free_run(predictor, folder, tag, images))
     for name in images:
-        result.stages.append(stages(tv_model, network.eval(), ckpt.arch, folder, tag, name))
+        result.stages.append(stages(tv_model, network, ckpt.arch, folder, tag, name))
     return result

@@ -40,27 +40,16 @@ def xywh_to_xyxy(boxes) -> np.ndarray:
 def to_results(image_id: int, dets: Detections) -> Tuple[List[dict], List[dict]]:
     """One image's (bbox entries, segm entries), in the image's detection order."""
     image_id = int(image_id)
-    xywh = xyxy_to_xywh(dets.boxes)
-    scores = np.asarray(dets.scores, np.float32).astype(np.float64)
+    scores = [float(s) for s in np.asarray(dets.scores, np.float32).astype(np.float64)]
     cat_ids = [coco_categories.coco_id(c) for c in np.asarray(dets.classes).tolist()]
-    bbox, segm = [], []
-    for k in range(len(scores)):
-        bbox.append({
-            "image_id": image_id,
-            "category_id": cat_ids[k],
-            "bbox": [float(v) for v in xywh[k]],
-            "score": float(scores[k]),
-        })
-    if dets.masks_rle is not None:
-        if len(dets.masks_rle) != len(scores):
-            raise ValueError(f"image {image_id}: {len(dets.masks_rle)} masks for {len(scores)} detections")
-        for k, rle in enumerate(dets.masks_rle):
-            segm.append({
-                "image_id": image_id,
-                "category_id": cat_ids[k],
-                "segmentation": _counts_str(rle),
-                "score": float(scores[k]),
-            })
+    bbox = [{"image_id": image_id, "category_id": cid, "bbox": [float(v) for v in box], "score": score}
+            for cid, box, score in zip(cat_ids, xyxy_to_xywh(dets.boxes), scores)]
+    if dets.masks_rle is None:
+        return bbox, []
+    if len(dets.masks_rle) != len(scores):
+        raise ValueError(f"image {image_id}: {len(dets.masks_rle)} masks for {len(scores)} detections")
+    segm = [{"image_id": image_id, "category_id": cid, "segmentation": _counts_str(rle), "score": score}
+            for cid, rle, score in zip(cat_ids, dets.masks_rle, scores)]
     return bbox, segm
 
 
@@ -84,12 +73,11 @@ def from_results(bbox_entries: List[dict], segm_entries: List[dict] | None,
     Boxes come back exactly: w = x2 - x1 + 1 in float64 of float32 values is exact, so
     x1 + w - 1 recovers x2 before the cast back to float32.
     """
-    order = sorted(range(len(bbox_entries)),
-                   key=lambda i: coco_categories.COCO_TO_CONTIGUOUS[bbox_entries[i]["category_id"]])
+    contiguous = [coco_categories.COCO_TO_CONTIGUOUS[e["category_id"]] for e in bbox_entries]
+    order = sorted(range(len(bbox_entries)), key=contiguous.__getitem__)
     boxes = xywh_to_xyxy([bbox_entries[i]["bbox"] for i in order]).astype(np.float32)
     scores = np.array([bbox_entries[i]["score"] for i in order], np.float32)
-    classes = np.array([coco_categories.COCO_TO_CONTIGUOUS[bbox_entries[i]["category_id"]] for i in order],
-                       np.int64)
+    classes = np.array([contiguous[i] for i in order], np.int64)
     masks = None
     if segm_entries is not None:
         if len(segm_entries) != len(bbox_entries):

@@ -46,10 +46,6 @@ class Detections:
             mask_probs=pick(self.mask_probs), masks=pick(self.masks), timings=dict(self.timings))
 
     @property
-    def category_ids(self) -> List[int]:
-        return [coco_categories.coco_id(c) for c in self.classes]
-
-    @property
     def category_names(self) -> List[str]:
         return [coco_categories.name(c) for c in self.classes]
 

@@ -34,11 +34,10 @@ def draw_detections(image_bgr: np.ndarray, dets: Detections, score_thresh: float
     # lowest score first so the most confident detections end up on top
     for i in keep[np.argsort(dets.scores[keep], kind="stable")]:
         color = class_color(dets.classes[i])
-        if dets.masks is not None or dets.masks_rle:
-            if dets.masks is not None:
-                full = dets.masks[i]
-            else:
-                full = mask_util.decode(rle_for_pycocotools((dets.masks_rle or [])[i]))
+        full = dets.masks[i] if dets.masks is not None else None
+        if full is None and dets.masks_rle:
+            full = mask_util.decode(rle_for_pycocotools(dets.masks_rle[i]))
+        if full is not None:
             ys, xs = np.nonzero(full.any(axis=1))[0], np.nonzero(full.any(axis=0))[0]
             if len(ys):
                 y0, y1, x0, x1 = ys[0], min(ys[-1] + 2, height), xs[0], min(xs[-1] + 2, width)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, TextIO
 
+from gnconvert.atomic import output_error, prepare_folder, write_json_atomic
 from gnconvert.errors import UsageError
 
 
@@ -41,10 +42,8 @@ class PartialResults:
         if not self.folder.is_dir():
             return done
         for p in sorted(self.folder.glob("*.jsonl")):
-            with open(p) as f:
-                lines = f.read().split("\n")
             records = []
-            for line in lines:
+            for line in p.read_text().split("\n"):
                 try:
                     records.append(json.loads(line))
                 except ValueError:
@@ -89,8 +88,6 @@ class RunFolder:
 
     def claim(self, resume: bool, warn: Callable[[str], None]) -> Dict[int, dict]:
         """Make the folder this run's (main process only): -> the records of an earlier run to resume."""
-        from gnconvert.atomic import prepare_folder
-
         ours = self.manifest.is_file()
         if self.exclusive:
             if self.folder.is_dir() and any(self.folder.iterdir()) and not ours:
@@ -127,14 +124,10 @@ class RunFolder:
                 path.unlink()
 
     def _write_manifest(self, written: List[str]) -> None:
-        from gnconvert.atomic import write_json_atomic
-
         write_json_atomic(self.manifest, {"tool": f"gnconvert {self.tool}", "fingerprint": self.fingerprint,
                                           "written": written}, indent=1)
 
     def append(self, records: List[dict], rank: int = 0) -> None:
-        from gnconvert.atomic import output_error
-
         try:
             self.partial.append(records, rank)
         except OSError as e:

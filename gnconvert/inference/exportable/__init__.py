@@ -11,7 +11,7 @@ bit for bit: the same comparisons, the same float operations in the same order.
 
 The eager functions hand over to these only while `torch.compiler.is_exporting()` (see the
 `if not torch.jit.is_scripting()` guards at their tops), so `predict` and the TorchScript
-archive never run them and `gnconvert export --to export / --to aoti` traces them.
+archive never run them and `gnconvert export --to export` traces them.
 
 Two rare fallbacks of numpy's algorithms have no exported form: the heapsort introsort
 switches to past 2*log2(n) levels and introselect's median of medians.  An exported program
