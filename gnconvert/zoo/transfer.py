@@ -89,10 +89,13 @@ def parse_md5(text: str, url: str) -> str:
     token = text.strip().split()[0].lower() if text.strip() else ""
     if not _MD5_RE.match(token):
         if "<html" in text[:512].lower() or "<!doctype" in text[:512].lower():
-            raise DownloadError(f"the server sent an HTML page instead of the MD5 at {url}; "
-                                f"check GNCONVERT_BASE_URL or try again later")
+            raise _html_page(f"the MD5 at {url}")
         raise DownloadError(f"{url} does not hold an MD5 (got {text[:40]!r}); check GNCONVERT_BASE_URL")
     return token
+
+
+def _html_page(what: str) -> DownloadError:
+    return DownloadError(f"the server sent an HTML page instead of {what}; check GNCONVERT_BASE_URL or try again later")
 
 
 def _looks_like_html(head: bytes | bytearray) -> bool:
@@ -191,8 +194,7 @@ def download_verified(session, url, final: Path, expected: str, settings: Settin
             log.warning("%s: MD5 mismatch after resuming a partial download; starting over", url)
             continue
         if html:
-            raise DownloadError(f"the server sent an HTML page instead of {url}; "
-                                f"check GNCONVERT_BASE_URL or try again later")
+            raise _html_page(url)
         raise DownloadError(f"MD5 mismatch for {url}: expected {expected}, got {got}; "
                             f"nothing was kept, run again (or report a bad mirror)")
 
@@ -223,8 +225,7 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
         _check_status(resp, url)
         if resp.headers.get("Content-Type", "").startswith("text/html") and not url.endswith(".html"):
             remove(part)
-            raise DownloadError(f"the server sent an HTML page instead of {url}; "
-                                f"check GNCONVERT_BASE_URL or try again later")
+            raise _html_page(url)
         if resp.status_code == 206:
             start = _content_range_start(resp)
             if start != offset:
@@ -249,8 +250,7 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
             with bar:
                 for block in _blocks(resp):
                     if received == 0 and offset == 0 and _looks_like_html(block):
-                        raise DownloadError(f"the server sent an HTML page instead of {url}; "
-                                            f"check GNCONVERT_BASE_URL or try again later")
+                        raise _html_page(url)
                     write_all(f, block, part)
                     hasher.update(block)
                     received += len(block)
