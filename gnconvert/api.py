@@ -2,7 +2,8 @@
 
 SOURCE may be a catalog model id, a Detectron `.pkl`, or a converted
 `.safetensors`; the architecture record inside decides what gets built: a
-`Detector` (Mask R-CNN) or a `Classifier` (ImageNet backbone), both `Model`s.
+`Detector` (Mask R-CNN) or a `Classifier` (ImageNet backbone), both `LoadedModel`s
+(gnconvert.inference.loaded).
 """
 from __future__ import annotations
 
@@ -14,17 +15,13 @@ import torch
 from gnconvert.architecture import Kind
 from gnconvert.checkpoint.converted import ConvertedCheckpoint
 from gnconvert.errors import UsageError
-from gnconvert.inference.loaded import LoadedModel
 from gnconvert.runtime import RunMode, Runtime, resolve_device
 
 if TYPE_CHECKING:
     from gnconvert.inference.classifier import Classifier
     from gnconvert.inference.detector import Detector
 
-__all__ = ["Model", "build_model", "load", "resolve_device"]
-
-
-Model = LoadedModel  # what `load` returns: a Detector or a Classifier (gnconvert.inference.loaded)
+__all__ = ["build_model", "load", "resolve_device"]
 
 
 def build_model(ckpt: ConvertedCheckpoint, device: Union[str, torch.device, None] = "cpu",

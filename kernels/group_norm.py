@@ -170,20 +170,6 @@ def _reference_dz_xhat(dy, x, y, stats, num_groups, relu):
     return dz.reshape(n, channels, -1), xhat.reshape(n, channels, -1)
 
 
-def _reference_backward_sums(dy, x, y, stats, num_groups, relu):
-    dz, xhat = _reference_dz_xhat(dy, x, y, stats, num_groups, relu)
-    return (dz * xhat).sum(-1), dz.sum(-1)
-
-
-def _reference_backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu):
-    n = x.shape[0]
-    dz, xhat = _reference_dz_xhat(dy, x, y, stats, num_groups, relu)
-    w_dz = dz * weight.to(dz.dtype)[:, None] if weight is not None else dz
-    w_dz, xhat = w_dz.reshape(n, num_groups, -1), xhat.reshape(n, num_groups, -1)
-    dx = stats[2][..., None] * (w_dz - coef_dz[..., None] - xhat * coef_dz_xhat[..., None])
-    return dx.reshape(x.shape), dz.reshape(x.shape)
-
-
 def _group_coefficients(dz_xhat, dz, weight, num_groups, group_size):
     """mean over the group of w * dz and of w * dz * xhat, from per-(N, C) sums."""
     n = dz.shape[0]
@@ -234,10 +220,14 @@ def _backward_torch(grad_y: Tensor, x: Tensor, y: Optional[Tensor], weight: Opti
     channels_last = _is_channels_last(x)
     x, dy = _dense(x, channels_last), _dense(grad_y, channels_last)
     y = _dense(y, channels_last) if relu else None
-    dz_xhat, dz = _reference_backward_sums(dy, x, y, stats, num_groups, relu)
-    coef_dz, coef_dz_xhat = _group_coefficients(dz_xhat, dz, weight, num_groups, _group_size(x, num_groups))
-    dx, dres = _reference_backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu)
-    return dx.to(x.dtype), dz_xhat.sum(0), dz.sum(0), dres.to(x.dtype) if residual_grad else x.new_empty(0)
+    n = x.shape[0]
+    dz, xhat = _reference_dz_xhat(dy, x, y, stats, num_groups, relu)
+    sum_dz_xhat, sum_dz = (dz * xhat).sum(-1), dz.sum(-1)
+    coef_dz, coef_dz_xhat = _group_coefficients(sum_dz_xhat, sum_dz, weight, num_groups, _group_size(x, num_groups))
+    w_dz = (dz * weight.to(dz.dtype)[:, None] if weight is not None else dz).reshape(n, num_groups, -1)
+    dx = stats[2][..., None] * (w_dz - coef_dz[..., None] - xhat.reshape(n, num_groups, -1) * coef_dz_xhat[..., None])
+    dres = dz.reshape(x.shape).to(x.dtype) if residual_grad else x.new_empty(0)
+    return dx.reshape(x.shape).to(x.dtype), sum_dz_xhat.sum(0), sum_dz.sum(0), dres
 
 
 def _backward_triton(grad_y: Tensor, x: Tensor, y: Optional[Tensor], weight: Optional[Tensor], stats: Tensor,

@@ -85,16 +85,31 @@ def _tuned(fn):
 
 
 @triton.jit
+def _group_start(G, CPG, stride_n, stride_c):
+    """This program's pid = n * G + g, its group g, and the offset of the group's first element."""
+    pid = tl.program_id(0)
+    g = pid % G
+    return pid, g, (pid // G).to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+
+
+@triton.jit
+def _dz_xhat(X, DY, Y, offs, mask, shift, mean, rstd, RELU: tl.constexpr, ACC: tl.constexpr):
+    """dz = dy where the ReLU passed (y > 0), and xhat = ((x - shift) - mean) * rstd, at offs."""
+    dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
+    if RELU:
+        y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
+        dz = tl.where(y > 0.0, dz, 0.0)
+    return dz, ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd
+
+
+@triton.jit
 def _gn_fwd_single_tile_kernel(
     X, Y, R, W, B, SHIFT, MEAN, RSTD,
     S, CPG, G, stride_n, stride_c, stride_s, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0)  # n * G + g
-    n = pid // G
-    g = pid % G
-    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
+    pid, g, base = _group_start(G, CPG, stride_n, stride_c)
     c = tl.arange(0, BLOCK_C)
     s = tl.arange(0, BLOCK_S)
     c_ok = c < CPG
@@ -132,11 +147,8 @@ def _gn_fwd_chunk_stats_kernel(
     S, CPG, G, SPLITS, CHUNK, WORK_BUCKET, stride_n, stride_c, stride_s,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid, g, base = _group_start(G, CPG, stride_n, stride_c)
     k = tl.program_id(1)
-    n = pid // G
-    g = pid % G
-    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
     s_begin = k * CHUNK
     s_end = tl.minimum(s_begin + CHUNK, S)
     cr = tl.arange(0, BLOCK_C)
@@ -178,10 +190,8 @@ def _gn_fwd_chunk_apply_kernel(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr,
     ACC: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid, g, base = _group_start(G, CPG, stride_n, stride_c)
     k = tl.program_id(1)
-    n = pid // G
-    g = pid % G
 
     # Merge the group's chunk statistics (Chan), every program of the group alike.
     kk = tl.arange(0, SPLITS_P2)
@@ -194,7 +204,6 @@ def _gn_fwd_chunk_apply_kernel(
     dev = p_mean - mean
     m2 = tl.sum(tl.where(k_ok, p_m2 + p_count * dev * dev, 0.0))
     rstd = tl.math.rsqrt(m2 / count + eps)
-    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
     shift = tl.load(X + base).to(ACC)
     if k == 0:
         tl.store(SHIFT + pid, shift)
@@ -244,14 +253,11 @@ def _gn_bwd_reduce_kernel(
     S, CPG, G, SPLITS, CHUNK, WORK_BUCKET, stride_n, stride_c, stride_s,
     RELU: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid, g, base = _group_start(G, CPG, stride_n, stride_c)
     k = tl.program_id(1)
-    n = pid // G
-    g = pid % G
     shift = tl.load(SHIFT + pid)
     mean = tl.load(MEAN + pid)
     rstd = tl.load(RSTD + pid)
-    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
     s_begin = k * CHUNK
     s_end = tl.minimum(s_begin + CHUNK, S)
     cr = tl.arange(0, BLOCK_C)
@@ -265,14 +271,10 @@ def _gn_bwd_reduce_kernel(
             s = s0 + sr
             mask = c_ok[:, None] & (s < s_end)[None, :]
             offs = base + c[:, None] * stride_c + s[None, :] * stride_s
-            dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
-            if RELU:
-                y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
-                dz = tl.where(y > 0.0, dz, 0.0)
-            xhat = ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd
+            dz, xhat = _dz_xhat(X, DY, Y, offs, mask, shift, mean, rstd, RELU, ACC)
             acc_dz_xhat += tl.where(mask, dz * xhat, 0.0)
             acc_dz += dz
-        slot = ((n * G + g) * CPG + c) * SPLITS + k  # == (n * C + channel) * SPLITS + k
+        slot = (pid * CPG + c) * SPLITS + k  # == (n * C + channel) * SPLITS + k
         tl.store(P_DZ_XHAT + slot, tl.sum(acc_dz_xhat, 1), mask=c_ok)
         tl.store(P_DZ + slot, tl.sum(acc_dz, 1), mask=c_ok)
 
@@ -285,16 +287,13 @@ def _gn_bwd_apply_kernel(
     HAS_W: tl.constexpr, RELU: tl.constexpr, HAS_DR: tl.constexpr,
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid, g, base = _group_start(G, CPG, stride_n, stride_c)
     k = tl.program_id(1)
-    n = pid // G
-    g = pid % G
     shift = tl.load(SHIFT + pid)
     mean = tl.load(MEAN + pid)
     rstd = tl.load(RSTD + pid)
     coef_dz = tl.load(COEF_DZ + pid)
     coef_dz_xhat = tl.load(COEF_DZ_XHAT + pid)
-    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
     s_begin = k * CHUNK
     s_end = tl.minimum(s_begin + CHUNK, S)
     cr = tl.arange(0, BLOCK_C)
@@ -309,11 +308,7 @@ def _gn_bwd_apply_kernel(
             s = s0 + sr
             mask = c_ok[:, None] & (s < s_end)[None, :]
             offs = base + c[:, None] * stride_c + s[None, :] * stride_s
-            dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
-            if RELU:
-                y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
-                dz = tl.where(y > 0.0, dz, 0.0)
-            xhat = ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd
+            dz, xhat = _dz_xhat(X, DY, Y, offs, mask, shift, mean, rstd, RELU, ACC)
             dx = rstd * (w[:, None] * dz - coef_dz - xhat * coef_dz_xhat)
             tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
             if HAS_DR:
@@ -328,24 +323,18 @@ def _gn_bwd_single_tile_kernel(
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Small groups: the whole backward of one group in one program, one read of x, dy (and y)."""
-    pid = tl.program_id(0)
-    n = pid // G
-    g = pid % G
+    pid, g, base = _group_start(G, CPG, stride_n, stride_c)
     shift = tl.load(SHIFT + pid)
     mean = tl.load(MEAN + pid)
     rstd = tl.load(RSTD + pid)
-    base = n.to(tl.int64) * stride_n + (g * CPG).to(tl.int64) * stride_c
     c = tl.arange(0, BLOCK_C)
     s = tl.arange(0, BLOCK_S)
     c_ok = c < CPG
     mask = c_ok[:, None] & (s < S)[None, :]
     offs = base + c[:, None] * stride_c + s[None, :] * stride_s
 
-    dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
-    if RELU:
-        y = tl.load(Y + offs, mask=mask, other=0.0).to(ACC)
-        dz = tl.where(y > 0.0, dz, 0.0)
-    xhat = tl.where(mask, ((tl.load(X + offs, mask=mask, other=0.0).to(ACC) - shift) - mean) * rstd, 0.0)
+    dz, xhat = _dz_xhat(X, DY, Y, offs, mask, shift, mean, rstd, RELU, ACC)
+    xhat = tl.where(mask, xhat, 0.0)
     sum_dz_xhat = tl.sum(dz * xhat, 1)
     sum_dz = tl.sum(dz, 1)
     tl.store(SUM_DZ_XHAT + pid * CPG + c, sum_dz_xhat, mask=c_ok)  # == n * C + channel

@@ -72,6 +72,12 @@ def plan(n: int, groups: int, cpg: int, s: int, device: torch.device, allow_sing
     return Plan(n, groups, cpg, s, splits, chunk, block_c, False)
 
 
+def _plan_for(x, num_groups: int, allow_single_tile: bool = True) -> Plan:
+    """`plan` for a dense (N, C, ...) x in num_groups groups."""
+    n, channels = x.shape[0], x.shape[1]
+    return plan(n, num_groups, channels // num_groups, x.numel() // max(n * channels, 1), x.device, allow_single_tile)
+
+
 def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -88,11 +94,9 @@ def forward(x, weight, bias, residual, num_groups, eps, relu, channels_last, y, 
 
     The shift (each group's first value) keeps large-mean inputs exact: x - shift is exact
     where it matters and the mean of the differences is small."""
-    n, channels = x.shape[0], x.shape[1]
-    s = x.numel() // max(n * channels, 1)
-    cpg = channels // num_groups
-    p = plan(n, num_groups, cpg, s, x.device)
-    sn, sc, ss = _strides(channels, s, channels_last)
+    p = _plan_for(x, num_groups)
+    n, cpg, s = p.n, p.cpg, p.s
+    sn, sc, ss = _strides(x.shape[1], s, channels_last)
     acc = _acc(x.dtype)
     w = weight if weight is not None else x
     b = bias if bias is not None else x
@@ -122,15 +126,13 @@ def forward(x, weight, bias, residual, num_groups, eps, relu, channels_last, y, 
 def backward_small_groups(dy, x, y, weight, stats, num_groups, relu, channels_last, dx, dres):
     """One-kernel backward where a group fits one tile: fill dx (and dres) and return the per-(N, C)
     sums of dz * xhat and dz; None where groups are too large (then use backward_sums / backward_apply)."""
-    n, channels = x.shape[0], x.shape[1]
-    s = x.numel() // max(n * channels, 1)
-    cpg = channels // num_groups
-    p = plan(n, num_groups, cpg, s, x.device)
+    p = _plan_for(x, num_groups)
+    n, cpg, s = p.n, p.cpg, p.s
     padded = triton.next_power_of_2(cpg) * triton.next_power_of_2(s)
     if not p.single_tile or padded > TUNING.single_tile_max // 2:  # x, dy, y and dx live in registers at once
         return None
-    sn, sc, ss = _strides(channels, s, channels_last)
-    sums = torch.empty((2, n, channels), device=x.device, dtype=stats.dtype)
+    sn, sc, ss = _strides(x.shape[1], s, channels_last)
+    sums = torch.empty((2, n, x.shape[1]), device=x.device, dtype=stats.dtype)
     warps = 1 if INTERPRETING else (4 if padded <= 1024 else 8)
     _gn_bwd_single_tile_kernel[(n * num_groups,)](
         x, dy, y if relu else x, weight if weight is not None else x, stats[0], stats[1], stats[2],
@@ -142,25 +144,20 @@ def backward_small_groups(dy, x, y, weight, stats, num_groups, relu, channels_la
 
 
 def _backward_grid(x, num_groups, channels_last):
-    n, channels = x.shape[0], x.shape[1]
-    s = x.numel() // max(n * channels, 1)
-    cpg = channels // num_groups
-    p = plan(n, num_groups, cpg, s, x.device, allow_single_tile=False)
-    return p, (n * num_groups, p.splits), _strides(channels, s, channels_last)
+    p = _plan_for(x, num_groups, allow_single_tile=False)
+    return p, (p.n * num_groups, p.splits), _strides(x.shape[1], p.s, channels_last)
 
 
 def backward_sums(dy, x, y, stats, num_groups, relu, channels_last):
     """Per-(N, C) sums of dz * xhat and of dz, from which dweight, dbias and dx's group terms follow."""
-    n, channels = x.shape[0], x.shape[1]
     p, grid, (sn, sc, ss) = _backward_grid(x, num_groups, channels_last)
-    sums = torch.empty((2, n, channels, p.splits), device=x.device, dtype=stats.dtype)
+    sums = torch.empty((2, p.n, x.shape[1], p.splits), device=x.device, dtype=stats.dtype)
     _gn_bwd_reduce_kernel[grid](
         x, dy, y if relu else x, stats[0], stats[1], stats[2], sums[0], sums[1],
         p.s, p.cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss,
         RELU=relu, ACC=_acc(x.dtype), BLOCK_C=p.block_c,
     )
-    dz_xhat, dz = sums.sum(-1)
-    return dz_xhat, dz
+    return sums.sum(-1)  # (2, N, C): the sums of dz * xhat and of dz
 
 
 def backward_apply(dy, x, y, weight, stats, coef_dz, coef_dz_xhat, num_groups, relu, channels_last, dx, dres):

@@ -3,6 +3,7 @@ makes a cfg and its blobs agree: `architecture_from_checkpoint` is how every `.p
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -16,11 +17,9 @@ from gnconvert.errors import CheckpointError
 _DEPTH_BY_RES4_BLOCKS = {resnet_stages(depth)[2].blocks: depth for depth in DEPTHS}
 
 
-def _count_blocks(blobs: Mapping[str, Any], stage: int) -> int:
-    n = 0
-    while f"res{stage}_{n}_branch2a_w" in blobs:
-        n += 1
-    return n
+def _count(blobs: Mapping[str, Any], pattern: str, start: int = 0) -> int:
+    """How many of pattern.format(start), pattern.format(start + 1), ... are blobs, in a row."""
+    return next(i for i in itertools.count(start) if pattern.format(i) not in blobs) - start
 
 
 def _shape(blobs: Mapping[str, Any], name: str) -> Tuple[int, ...]:
@@ -53,7 +52,7 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
     else:
         raise CheckpointError("blobs have neither conv1_gn_s nor res_conv1_bn_s: not a Detectron ResNet; "
                               "pass the model's Detectron config with --config")
-    res4 = _count_blocks(blobs, 4)
+    res4 = _count(blobs, "res4_{}_branch2a_w")
     if res4 not in _DEPTH_BY_RES4_BLOCKS:
         raise CheckpointError(f"blobs have {res4} res4 blocks: only ResNet-50 (6) and ResNet-101 (23) are supported")
     depth = _DEPTH_BY_RES4_BLOCKS[res4]
@@ -80,9 +79,7 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
 
     heads: Dict[str, Any] = {}
     if "head_conv1_w" in blobs:
-        n = 0
-        while f"head_conv{n + 1}_w" in blobs:
-            n += 1
+        n = _count(blobs, "head_conv{}_w", start=1)
         conv_dim = _shape(blobs, "head_conv1_w")[0]
         heads.update(box_head=BoxHeadType.CONVS_FC_GN, box_head_num_convs=n, box_head_conv_dim=conv_dim)
         fc6_in = conv_dim
@@ -104,7 +101,6 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
         raise CheckpointError(f"blobs have neither _mask_fcn1_w nor _[mask]_fcn1_w: unknown mask head; {SUPPORTED}")
     num_classes = _shape(blobs, "cls_score_w")[0]
     return Architecture(
-        kind=Kind.MASK_RCNN,
         fpn_norm=fpn_norm,
         fpn_dim=fpn_dim,
         mlp_head_dim=fc6[0],
@@ -120,11 +116,9 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
 
 
 # Fields the blobs can show; the cfg must agree with them.
-_VISIBLE_IN_BLOBS = {
-    Kind.MASK_RCNN: ("kind", "depth", "norm", "fpn_norm", "fpn_dim", "box_head", "box_head_num_convs",
-                  "box_head_conv_dim", "mlp_head_dim", "box_roi_resolution", "mask_head", "mask_dim",
-                  "num_classes", "num_anchors"),
-}
+_VISIBLE_IN_BLOBS = ("kind", "depth", "norm", "fpn_norm", "fpn_dim", "box_head", "box_head_num_convs",
+                     "box_head_conv_dim", "mlp_head_dim", "box_roi_resolution", "mask_head", "mask_dim",
+                     "num_classes", "num_anchors")
 
 
 def _cross_check_field(from_cfg: Architecture, from_blobs: Architecture, name: str, source: str) -> None:
@@ -135,7 +129,7 @@ def _cross_check_field(from_cfg: Architecture, from_blobs: Architecture, name: s
 
 
 def _cross_check(from_cfg: Architecture, from_blobs: Architecture, source: str) -> None:
-    fields = ("kind",) if from_blobs.kind != from_cfg.kind else _VISIBLE_IN_BLOBS[from_cfg.kind]
+    fields = ("kind",) if from_blobs.kind != from_cfg.kind else _VISIBLE_IN_BLOBS
     for name in fields:
         if name in ("box_head_num_convs", "box_head_conv_dim") and from_cfg.box_head != BoxHeadType.CONVS_FC_GN:
             continue

@@ -221,7 +221,6 @@ def architecture_from_cfg(cfg: Dict[str, Any], embedded: bool = True) -> Archite
         mask_thresh_binarize=float(c("MRCNN.THRESH_BINARIZE")),
     )
     return Architecture(
-        kind=Kind.MASK_RCNN,
         depth=depth,
         norm=norm,
         gn_groups=int(c("GROUP_NORM.NUM_GROUPS")),
@@ -230,10 +229,6 @@ def architecture_from_cfg(cfg: Dict[str, Any], embedded: bool = True) -> Archite
         fpn_dim=int(c("FPN.DIM")),
         fpn_norm=Norm.GN if c("FPN.USE_GN") else Norm.NONE,
         coarsest_stride=int(c("FPN.COARSEST_STRIDE")),
-        rpn_min_level=2,
-        rpn_max_level=6,
-        roi_min_level=2,
-        roi_max_level=5,
         roi_canonical_scale=int(c("FPN.ROI_CANONICAL_SCALE")),
         roi_canonical_level=int(c("FPN.ROI_CANONICAL_LEVEL")),
         anchor_start_size=int(c("FPN.RPN_ANCHOR_START_SIZE")),

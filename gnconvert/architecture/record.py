@@ -21,9 +21,6 @@ class Choice(str, Enum):
     def __str__(self) -> str:
         return self.value
 
-    def __format__(self, spec: str) -> str:
-        return self.value.__format__(spec)
-
 
 class Kind(Choice):
     MASK_RCNN = "mask_rcnn"

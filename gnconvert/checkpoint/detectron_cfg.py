@@ -10,20 +10,20 @@ tags, rebuilds the values itself, and rejects every other tag by name.
 """
 from __future__ import annotations
 
+import functools
 import os
-import re
 from typing import Any, Dict
 
 import numpy as np
 import yaml
 
+from gnconvert.checkpoint.pickle_reader import DTYPE_CODE
 from gnconvert.errors import CheckpointError, UsageError
 
 _PY = "tag:yaml.org,2002:python/"
 _ATTRDICT = _PY + "object/new:detectron.utils.collections.AttrDict"
 _RECONSTRUCT = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
 _SCALAR = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
-_DTYPE_CODE = re.compile(r"[biufc][0-9]{1,2}")
 
 
 class _NdarrayName:
@@ -66,7 +66,7 @@ def _attrdict(loader, node):
 
 
 def _dtype_from(node, code, state) -> np.dtype:
-    if not isinstance(code, str) or not _DTYPE_CODE.fullmatch(code):
+    if not isinstance(code, str) or not DTYPE_CODE.fullmatch(code):
         _fail(node, f"numpy dtype {code!r} is not a plain numeric type")
     dtype = np.dtype(code)
     if state is not None:
@@ -217,16 +217,12 @@ def _flatten(cfg: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-_KNOWN: Dict[str, Any] = {}
-
-
+@functools.cache
 def known_keys() -> Dict[str, Any]:
     """Every key of Detectron's cfg with its value in 48616381's embedded cfg (a full dump of the
     cfg tree, the same 229 keys as Detectron's final core/config.py)."""
-    if not _KNOWN:
-        with open(_FULL_CFG, encoding="utf-8") as f:
-            _KNOWN.update(_flatten(parse_detectron_cfg(f.read())))
-    return _KNOWN
+    with open(_FULL_CFG, encoding="utf-8") as f:
+        return _flatten(parse_detectron_cfg(f.read()))
 
 
 def check_key(key: str, where: str) -> bool:

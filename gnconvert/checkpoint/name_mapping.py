@@ -316,14 +316,3 @@ def format_table(arch: Architecture) -> str:
             for r in mapping_rules(arch)]
     return "\n".join([f"# {describe(arch)}: {len(rows)} parameters"] + rows)
 
-
-if __name__ == "__main__":  # python -m gnconvert.name_mapping [reference architecture name]
-    import sys
-
-    from gnconvert.architecture import REFERENCE_ARCHITECTURES
-
-    names = sys.argv[1:] or ["e2e_mask_rcnn_R-50-FPN_2x_gn"]
-    for arch_name in names:
-        if arch_name not in REFERENCE_ARCHITECTURES:
-            sys.exit(f"unknown architecture {arch_name!r}; one of: {', '.join(REFERENCE_ARCHITECTURES)}")
-        print(format_table(REFERENCE_ARCHITECTURES[arch_name]))

@@ -25,7 +25,7 @@ import numpy as np
 
 from gnconvert.errors import CheckpointError
 
-_DTYPE_CODE = re.compile(r"[biufc][0-9]{1,2}")  # plain bool/int/uint/float/complex only
+DTYPE_CODE = re.compile(r"[biufc][0-9]{1,2}")  # plain bool/int/uint/float/complex only
 _ENDIANS = ("<", ">", "|", "=")
 
 
@@ -56,7 +56,7 @@ class _DtypeSpec:
 
     def __init__(self, code):
         code = _text(code)
-        if not _DTYPE_CODE.fullmatch(code):
+        if not DTYPE_CODE.fullmatch(code):
             raise _Rejected(f"numpy dtype {code!r} is not a plain numeric type")
         try:
             self.dtype = np.dtype(code)

@@ -41,7 +41,7 @@ def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: 
     provenance = {
         "model_id": model_id,
         "source_file": os.path.basename(path),
-        "source_md5": source_md5 or download.file_md5(path),
+        "source_md5": source_md5 or download.file_digest(path),
         "source_format": "detectron-pkl",
         "pickle_layout": pickle.layout,
         "blob_count": len(pickle.blobs),
@@ -51,28 +51,12 @@ def convert_detectron_pickle(path, config_path: Optional[str] = None, model_id: 
                                dropped=mapped.dropped, cfg_text=pickle.cfg_text)
 
 
-def _looks_like_path(source: str) -> bool:
-    return os.sep in source or "/" in source or source.lower().endswith(_PATH_SUFFIXES)
-
-
-def model_pickle_path(model_id: str, progress: Optional[bool] = None) -> Tuple[str, Optional[str]]:
-    """The cached `.pkl` of a catalog model, fetched if absent, and the MD5 it was just
-    verified against (the cache's `<file>.md5sum`), so it need not be hashed again."""
-    path = os.fspath(download.fetch(model_id, "model", progress=progress)["model"])
-    try:
-        with open(path + ".md5sum") as f:
-            md5 = f.read().split()[0].lower()
-    except (OSError, IndexError):
-        md5 = None
-    return path, md5
-
-
-def load_source(source: str, config_path: Optional[str] = None, progress: Optional[bool] = None,
+def load_source(source: str, config_path: Optional[str] = None,
                 opts: Optional[Sequence] = None) -> ConvertedCheckpoint:
     """A converted checkpoint for SOURCE: a `.safetensors`, a Detectron `.pkl`, or a model id;
     `opts` (("KEY", "VALUE") pairs or "KEY=VALUE" strings) override its Detectron test settings."""
     pairs = parse_opts(opts or [])
-    ckpt = _load_source(os.fspath(source), config_path, progress)
+    ckpt = _load_source(os.fspath(source), config_path)
     if pairs:
         import dataclasses
 
@@ -97,7 +81,7 @@ def parse_opts(opts: Sequence) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _load_source(source: str, config_path: Optional[str], progress: Optional[bool]) -> ConvertedCheckpoint:
+def _load_source(source: str, config_path: Optional[str]) -> ConvertedCheckpoint:
     if os.path.exists(source):
         if os.path.isdir(source):
             raise UsageError(f"{source} is a folder; pass a Detectron .pkl, a converted .safetensors or a model id")
@@ -109,8 +93,13 @@ def _load_source(source: str, config_path: Optional[str], progress: Optional[boo
                 raise UsageError(f"{source} is already converted and carries its architecture; drop --config")
             return load_converted(source)
         return convert_detectron_pickle(source, config_path=config_path)
-    if _looks_like_path(source):
+    if os.sep in source or "/" in source or source.lower().endswith(_PATH_SUFFIXES):
         raise UsageError(f"no such file: {source}; pass a Detectron .pkl, a converted .safetensors "
                          "or a model id from `gnconvert list`")
-    path, md5 = model_pickle_path(source, progress=progress)
+    path = os.fspath(download.fetch(source, "model")["model"])
+    try:  # the MD5 it was just verified against (its .md5sum): no need to hash it again
+        with open(path + ".md5sum") as f:
+            md5 = f.read().split()[0].lower()
+    except (OSError, IndexError):
+        md5 = None
     return convert_detectron_pickle(path, config_path=config_path, model_id=source, source_md5=md5)

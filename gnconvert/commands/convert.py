@@ -5,15 +5,14 @@ from collections import Counter
 
 import click
 
-from gnconvert.commands.options import opts_option
+from gnconvert.commands.options import config_option, opts_option
 
 
 @click.command("convert")
 @click.argument("source")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the converted .safetensors file.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
+@config_option
 @opts_option
 def command(source: str, output: str, config_path, opts) -> None:
     """Convert SOURCE (a model id, a Detectron .pkl, or a converted file) to OUT.

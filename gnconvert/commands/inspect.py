@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 import click
 
 from gnconvert.architecture.record import Kind
-from gnconvert.commands.options import opts_option
+from gnconvert.commands.options import config_option, opts_option
 
 _MOMENTUM = "optimizer momentum"
 
@@ -104,17 +104,9 @@ def _lines(s: Dict[str, Any]) -> List[Tuple[str, str]]:
     return lines
 
 
-def _print(summary: Dict[str, Any]) -> None:
-    lines = _lines(summary)
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        click.echo(f"{key.ljust(width)}  {value}")
-
-
 @click.command("inspect")
 @click.argument("source")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON for machines.")
 @opts_option
 def command(source: str, config_path, as_json: bool, opts) -> None:
@@ -132,4 +124,7 @@ def command(source: str, config_path, as_json: bool, opts) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        _print(summary)
+        lines = _lines(summary)
+        width = max(len(k) for k, _ in lines)
+        for key, value in lines:
+            click.echo(f"{key.ljust(width)}  {value}")

@@ -1,10 +1,15 @@
 """Options several commands share, spelled once so they read and behave the same everywhere."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import click
 
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (CUDA if present), cpu, cuda or cuda:N.")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             help="Detectron YAML config for a .pkl that embeds none (e.g. an ImageNet backbone).")
 opts_option = click.option("--opts", "opts", multiple=True, nargs=2, metavar="KEY VALUE",
                            help="Override Detectron test settings, last on the line: "
                                 "--opts TEST.SCALE 600 TEST.MAX_SIZE 1000.")
@@ -36,3 +41,8 @@ def resolve_runtime(device: str, precision: str = "fp32", compile_: bool = False
     for message in runtime.warnings:
         click.echo(f"gnconvert: warning: {message}", err=True)
     return runtime
+
+
+def default_output(command: str, source: str) -> Path:
+    """./COMMAND-SOURCE, with the source's name made safe for a folder name."""
+    return Path(f"{command}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem or source))

@@ -8,7 +8,6 @@ images already done; a rerun without it replaces our earlier files as a set.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -17,9 +16,10 @@ from typing import List, Optional
 
 import click
 
-from gnconvert.commands.options import opts_option, resolve_runtime, runtime_options
+from gnconvert.commands.options import default_output, opts_option, resolve_runtime, runtime_options
 from gnconvert.errors import GnconvertError, Interrupted, UsageError
 from gnconvert.results.run_folder import RunFolder
+from gnconvert.zoo.cache import file_digest
 
 RESULT_FILES = ("results_bbox.json", "results_segm.json", "images.json")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jp2")
@@ -44,20 +44,6 @@ def expand_inputs(inputs) -> List[str]:
         else:
             raise UsageError(f"image {item} does not exist; pass image files, folders or glob patterns")
     return out
-
-
-def _default_output(source: str) -> Path:
-    import re
-
-    return Path("predict-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem or source))
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @click.command("predict")
@@ -97,7 +83,7 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
     to_stdout = json_target == "-"
     if resume and to_stdout and outdir is None:
         raise UsageError("--resume needs the -o folder of the run to continue")
-    out = Path(outdir) if outdir else (None if to_stdout else _default_output(source))
+    out = Path(outdir) if outdir else (None if to_stdout else default_output("predict", source))
     if out is not None and out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file; pass a folder with -o")
 
@@ -112,7 +98,6 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
         fingerprint["mode"] = mode.name
         click.echo(f"gnconvert: running in {mode.describe()}", err=True)
     folder = None
-    existed = out is not None and out.exists()
     earlier: dict = {}
     try:
         if out is not None:
@@ -120,19 +105,15 @@ def command(source, inputs, outdir, resume, json_target, min_score, draw_thresh,
             earlier = folder.claim(resume, warn=lambda message: click.echo(message, err=True))
         failed = _run(model, images, folder, earlier, to_stdout, min_score, draw_thresh, no_masks,
                       no_draw or folder is None)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if folder is not None:
+            folder.discard_if_empty()  # keeps the folder once an image is finished
+        if not isinstance(e, KeyboardInterrupt):
+            raise
         finished = len(folder.partial.load()) if folder else 0
         hint = (f"rerun the same command with --resume to continue in {folder.folder}" if finished
                 else "nothing was finished")
-        if folder is not None and not finished:
-            folder.discard_if_empty()
         raise Interrupted(f"interrupted after {finished} of {len(images)} images; {hint}") from None
-    except BaseException:
-        if folder is not None:
-            folder.discard_if_empty()
-        elif out is not None and not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # the folder OutputFolder was creating when it failed
-        raise
     if failed:
         raise GnconvertError(f"{len(failed)} of {len(images)} images could not be read (first: {failed[0]}); "
                              "the others' results are written")
@@ -154,7 +135,7 @@ def _run(model, images, folder: Optional[RunFolder], earlier: dict, to_stdout, m
     bar = tqdm(images, unit="im", disable=len(images) < 2 or not sys.stderr.isatty(), file=sys.stderr)
     for image_id, path in enumerate(bar, start=1):
         name = os.path.basename(path)
-        digest = _file_sha256(path)
+        digest = file_digest(path, "sha256")
         png = f"{image_id:04d}_{Path(path).stem}.png"
         if (name, digest) in done:
             record = dict(done[(name, digest)], image_id=image_id)

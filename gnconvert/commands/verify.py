@@ -1,7 +1,6 @@
 """`gnconvert verify SOURCE`: COCO box and mask AP, checked against the published numbers."""
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -9,7 +8,7 @@ from typing import Optional
 import click
 
 from gnconvert.architecture.record import Kind
-from gnconvert.commands.options import opts_option, resolve_runtime, runtime_options
+from gnconvert.commands.options import default_output, opts_option, resolve_runtime, runtime_options
 from gnconvert.errors import UsageError
 
 
@@ -24,20 +23,6 @@ def _catalog_entry(source: str):
         raise UsageError(f"model {entry.id} ({entry.title}) is an ImageNet classifier; "
                          "verify evaluates Mask R-CNN models on COCO")
     return entry
-
-
-def _model_loader(source: str, runtime, opts, backend: str = "gnconvert"):
-    """Load the model only when the data checks have passed (bad input fails in seconds)."""
-    def load():
-        from gnconvert import api
-        from gnconvert.export.torchvision_adapter import predictor_for
-
-        return predictor_for(api.load(source, opts=opts, runtime=runtime), backend)
-    return load
-
-
-def _default_output(source: str) -> Path:
-    return Path("verify-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source).stem or source))
 
 
 @click.command("verify")
@@ -84,7 +69,7 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
 
     from gnconvert.evaluation import VerifyConfig, find_layout, run_verify
     from gnconvert.evaluation.distributed import device_for_rank, init_from_env
-    from gnconvert.export.torchvision_adapter import backend_mode
+    from gnconvert.export.torchvision_adapter import backend_mode, predictor_for
 
     runtime = resolve_runtime(device, precision, compile_, allow_slow)  # before any data is read
     mode_record = backend_mode(runtime.mode.to_dict(), backend)  # a fast mode with --backend torchvision fails here
@@ -109,10 +94,16 @@ def command(source: str, coco_root: Optional[Path], annotations: Optional[Path],
                 reference = {"bbox": download.fetch(entry.id, "boxes")["boxes"],
                              "segm": download.fetch(entry.id, "masks")["masks"]}
         rank_runtime = dataclasses.replace(runtime, device=torch.device(device_for_rank(str(runtime.device), dist)))
-        config = VerifyConfig(layout, output or _default_output(source), source=source, published=published or None,
+        config = VerifyConfig(layout, output or default_output("verify", source), source=source, published=published or None,
                               tolerance=tolerance, limit=limit, batch_size=batch_size, workers=workers, resume=resume,
                               evaluator=evaluator, reference=reference, mode=mode_record,
                               progress=sys.stderr.isatty() if progress is None else progress)
-        run_verify(_model_loader(source, rank_runtime, list(opts), backend), config, dist=dist, echo=click.echo)
+
+        def load_model():  # built only once the data checks have passed: bad input fails in seconds
+            from gnconvert import api
+
+            return predictor_for(api.load(source, opts=list(opts), runtime=rank_runtime), backend)
+
+        run_verify(load_model, config, dist=dist, echo=click.echo)
     finally:
         dist.close()

@@ -71,26 +71,14 @@ def read_state(path: str):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def detectron_crop(image) -> np.ndarray:
-    """Detectron's ImageNet test crop, uint8 BGR 224 x 224: short side to 256 (OpenCV bilinear), centre."""
-    import cv2
-
-    from gnconvert.export.torchvision_api import CROP, RESIZE
-    from gnconvert.inference.preprocess import load_image
-
-    im = load_image(image)
-    h, w = im.shape[:2]
-    scale = RESIZE / min(h, w)
-    im = cv2.resize(im, (max(CROP, round(w * scale)), max(CROP, round(h * scale))), interpolation=cv2.INTER_LINEAR)
-    top, left = (im.shape[0] - CROP) // 2, (im.shape[1] - CROP) // 2
-    return np.ascontiguousarray(im[top: top + CROP, left: left + CROP])
-
-
 def check_logits(report: VerifyReport, network, theirs, arch, mean, std, image) -> None:
     """Logits of `theirs` (RGB in 0..1, normalised with mean/std) vs ours (BGR minus means) on the crop."""
     import torch
 
-    crop = detectron_crop(image)
+    from gnconvert.inference.classifier import detectron_crop
+    from gnconvert.inference.preprocess import load_image
+
+    crop = detectron_crop(load_image(image))
     ours_in = torch.from_numpy((crop.astype(np.float32) - np.array(arch.pixel_means, np.float32)).transpose(2, 0, 1))
     rgb = torch.from_numpy(crop[:, :, ::-1].transpose(2, 0, 1).copy()).to(torch.float32) / 255.0
     theirs_in = (rgb - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

@@ -51,8 +51,8 @@ def write_file(tmp: str, data: bytes) -> None:
 
 @contextlib.contextmanager
 def writing(path) -> Iterator[str]:
-    """A temporary name in `path`'s folder that becomes `path` only if the block succeeds."""
-    path = check_output(path)
+    """A temporary name in `path`'s folder (a path `check_output` passed) that becomes `path`
+    only if the block succeeds."""
     try:
         with atomic_path(path) as tmp:
             yield tmp

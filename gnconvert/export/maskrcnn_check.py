@@ -74,7 +74,7 @@ def _compare_parts(report: VerifyReport, tv, network, arch, bgr: np.ndarray, ref
     import torch
     import torch.nn.functional as F
 
-    from gnconvert.inference import mask_postprocess, roi_levels
+    from gnconvert.inference import mask_postprocess
     from gnconvert.inference.detector import Detector
     from gnconvert.results import coco_categories
 
@@ -82,12 +82,6 @@ def _compare_parts(report: VerifyReport, tv, network, arch, bgr: np.ndarray, ref
     columns = torch.tensor([0] + [coco_categories.coco_id(c) for c in range(1, arch.num_classes)])
     unused = torch.tensor(sorted(set(range(tv.roi_heads.box_predictor.cls_score.out_features)) - set(columns.tolist())))
     heads = tv.roi_heads
-
-    def pool(feats, boxes, resolution, ratio):
-        levels = roi_levels.assign_levels(boxes, arch.roi_min_level, arch.roi_max_level, arch.roi_canonical_scale,
-                                          arch.roi_canonical_level)
-        return roi_levels.multilevel_roi_align(feats[: arch.roi_max_level - arch.rpn_min_level + 1], boxes, levels,
-                                               arch.roi_min_level, resolution, ratio)
 
     with torch.no_grad():
         data, im_info, scale = det.input_blob(torch.from_numpy(bgr))
@@ -101,7 +95,7 @@ def _compare_parts(report: VerifyReport, tv, network, arch, bgr: np.ndarray, ref
         level_boxes, level_scores = det.proposals([x[0] for x in logits], [x[0] for x in deltas], im_info,
                                                   (data.shape[2], data.shape[3]))
         rois = det.collect(level_boxes, level_scores)
-        x = pool(feats, rois, arch.box_roi_resolution, arch.box_sampling_ratio)
+        x = det._pool(feats, rois, arch.box_roi_resolution, arch.box_sampling_ratio)
         ours_cls, ours_box = network.box_predictor(network.box_head(x))
         their_cls, their_box = heads.box_predictor(heads.box_head(x))
         box_rows = (columns[:, None] * 4 + torch.arange(4)).flatten()
@@ -111,7 +105,7 @@ def _compare_parts(report: VerifyReport, tv, network, arch, bgr: np.ndarray, ref
             report.problems.append("the unused COCO ids get class probabilities above 0")
         if len(reference):
             boxes = torch.from_numpy(np.asarray(reference.boxes, np.float32))
-            m = pool(feats, mask_postprocess.mask_rois(boxes, scale), arch.mask_roi_resolution, arch.mask_sampling_ratio)
+            m = det._pool(feats, mask_postprocess.mask_rois(boxes, scale), arch.mask_roi_resolution, arch.mask_sampling_ratio)
             compare_arrays(report, "mask head", heads.mask_predictor(heads.mask_head(m))[:, columns],
                            network.mask_head(m), PART_TOLERANCE)
 

@@ -112,7 +112,6 @@ def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None) -> None:
     import onnx
     import torch
 
-    require_onnx()
     network = loaded_network(ckpt) if network is None else network
     for path, (part, (module, example, inputs, names, axes)) in zip(paths, _parts(network, ckpt.arch).items()):
         buf = io.BytesIO()

@@ -197,7 +197,7 @@ class NoiseFloor:
                 f"{100 * self.detectron_union:.0f}% of Detectron's detections appear in some noisy run")
 
 
-def measured_fpn_distance(feats, reference_intermediates: Dict[str, np.ndarray], first_level: int = 2) -> Optional[List[float]]:
+def measured_fpn_distance(feats, reference_intermediates: Dict[str, np.ndarray], first_level: int) -> Optional[List[float]]:
     """Per level, the largest |ours - Detectron| over the golden crop (`pK_crop` = P[0, :8, :16, :16])."""
     sigmas = []
     for k, f in enumerate(feats, start=first_level):
@@ -214,10 +214,9 @@ NOISE_RUNS = 4  # perturbed runs first measured
 MAX_NOISE_RUNS = 16  # and how many at most before a miss is declared more than noise
 
 
-def noise_floor(run: StageRun, reference, ours: Detections, runs: int = NOISE_RUNS, seed: int = 0,
-                max_runs: int = MAX_NOISE_RUNS) -> Optional[NoiseFloor]:
-    """Rerun RPN and heads on FPN maps + N(0, sigma_level^2) noise (see module doc): `runs` times,
-    then one more at a time, up to `max_runs`, while the floor does not yet explain the miss.
+def noise_floor(run: StageRun, reference, ours: Detections) -> Optional[NoiseFloor]:
+    """Rerun RPN and heads on FPN maps + N(0, sigma_level^2) noise (see module doc): NOISE_RUNS times,
+    then one more at a time, up to MAX_NOISE_RUNS, while the floor does not yet explain the miss.
 
     Why more runs before a verdict: if Detectron's answer is just one more draw of the same noise,
     the chance that it moves further than every one of n perturbed runs is 1 / (n + 1), so 4 runs
@@ -228,15 +227,15 @@ def noise_floor(run: StageRun, reference, ours: Detections, runs: int = NOISE_RU
     sigmas = measured_fpn_distance(run.feats, reference.intermediates, run.detector.rpn_min_level)
     if sigmas is None:
         return None
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(0)
     target = match_detections(reference.detections, ours)
     matches: List[DetectionMatch] = []
     hit = np.zeros(len(reference.detections), bool)
     hit[[i for i, _ in match_detections(reference.detections, ours, masks=False).pairs]] = True
     floor = None
-    while len(matches) < max(runs, 1):
+    while len(matches) < NOISE_RUNS:
         floor = _one_more(run, reference, ours, sigmas, gen, matches, hit)
-    while floor is not None and not floor.explains(target) and len(matches) < max_runs:
+    while floor is not None and not floor.explains(target) and len(matches) < MAX_NOISE_RUNS:
         floor = _one_more(run, reference, ours, sigmas, gen, matches, hit)
     return floor
 
@@ -319,7 +318,7 @@ def compare(reference, ours: Detections, intermediates: Optional[Dict[str, np.nd
     return report
 
 
-def check_image(detector, reference, image, noise_runs: int = NOISE_RUNS) -> ParityReport:
+def check_image(detector, reference, image) -> ParityReport:
     """Run `detector` on `image` stage by stage and judge it against `reference` (a
     golden_format.GoldenImage): the README's criteria, and the noise floor only when those are missed."""
     t0 = time.perf_counter()
@@ -327,6 +326,6 @@ def check_image(detector, reference, image, noise_runs: int = NOISE_RUNS) -> Par
     ours = run.detections()
     ours.timings = {"predict": time.perf_counter() - t0}
     report = compare(reference, ours, run.intermediates)
-    if not report.strict and noise_runs > 0 and reference.intermediates:
-        report.noise = noise_floor(run, reference, ours, runs=noise_runs)
+    if not report.strict and reference.intermediates:
+        report.noise = noise_floor(run, reference, ours)
     return report

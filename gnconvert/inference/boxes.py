@@ -72,10 +72,8 @@ def decode(boxes: Tensor, deltas: Tensor, weights: List[float], clip: float) -> 
 def clip_tiled(boxes: Tensor, height: float, width: float) -> Tensor:
     """`clip_tiled_boxes`: x into [0, width - 1], y into [0, height - 1], every 4-column tile."""
     out = boxes.clone()
-    out[:, 0::4] = out[:, 0::4].clamp(max=width - 1).clamp(min=0)
-    out[:, 1::4] = out[:, 1::4].clamp(max=height - 1).clamp(min=0)
-    out[:, 2::4] = out[:, 2::4].clamp(max=width - 1).clamp(min=0)
-    out[:, 3::4] = out[:, 3::4].clamp(max=height - 1).clamp(min=0)
+    for i, limit in enumerate([width, height, width, height]):
+        out[:, i::4] = out[:, i::4].clamp(max=limit - 1).clamp(min=0)
     return out
 
 

@@ -10,6 +10,18 @@ from torch import Tensor
 from gnconvert.inference.loaded import LoadedModel
 
 
+def detectron_crop(bgr):
+    """Detectron's ImageNet test crop of a uint8 BGR image, 224 x 224: short side to 256 (OpenCV bilinear), centre."""
+    import cv2
+    import numpy as np
+
+    h, w = bgr.shape[:2]
+    scale = 256.0 / min(h, w)
+    im = cv2.resize(bgr, (max(224, round(w * scale)), max(224, round(h * scale))), interpolation=cv2.INTER_LINEAR)
+    top, left = (im.shape[0] - 224) // 2, (im.shape[1] - 224) // 2
+    return np.ascontiguousarray(im[top: top + 224, left: left + 224])
+
+
 @dataclass(frozen=True)
 class ImageNetClass:
     index: int  # 0..999, ImageNet's synset order
@@ -33,18 +45,13 @@ class Classifier(LoadedModel):
         PIXEL_MEANS, no scaling by a standard deviation; short side resized to 256 (OpenCV,
         bilinear) and the central 224 x 224 crop.  Names are ImageNet's, in synset order.
         """
-        import cv2
         import numpy as np
         from torchvision.models import ResNet50_Weights
 
         from gnconvert.inference.preprocess import load_image
 
-        im = load_image(image, channel_order)
-        h, w = im.shape[:2]
-        scale = 256.0 / min(h, w)
-        im = cv2.resize(im, (max(224, round(w * scale)), max(224, round(h * scale))), interpolation=cv2.INTER_LINEAR)
-        top, left = (im.shape[0] - 224) // 2, (im.shape[1] - 224) // 2
-        crop = im[top: top + 224, left: left + 224].astype(np.float32) - np.array(self.arch.pixel_means, np.float32)
+        crop = detectron_crop(load_image(image, channel_order)).astype(np.float32) - np.array(self.arch.pixel_means,
+                                                                                              np.float32)
         x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None].to(self.device)
         probs = torch.softmax(self(x)[0], dim=0).cpu()
         names = ResNet50_Weights.IMAGENET1K_V1.meta["categories"] if probs.numel() == 1000 else None

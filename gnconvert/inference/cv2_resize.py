@@ -29,6 +29,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from gnconvert.inference.exportable import exporting
+
 
 def round_half_even(x: float) -> int:
     """cvRound / numpy's round: nearest integer, ties to even."""
@@ -132,10 +134,7 @@ def resize_each_above(x: Tensor, out_w: Tensor, out_h: Tensor, longest_w: int, l
     approx = torch.addcmul(top, bottom - top, wy[:, :, None])
     above = approx > threshold
     near = torch.nonzero((approx - threshold).abs() <= 1e-5)
-    exporting = False
-    if not torch.jit.is_scripting():
-        exporting = torch.compiler.is_exporting()  # no branch on a traced size: fix up zero or more
-    if exporting or near.shape[0] > 0:
+    if exporting() or near.shape[0] > 0:  # exported: no branch on a traced size, fix up zero or more
         i, y, c = near[:, 0], near[:, 1], near[:, 2]
         a, b, w = x0[i, c], x1[i, c], wx[i, c]
         upper = x[i, y0[i, y]]

@@ -28,7 +28,7 @@ from typing import List, Tuple
 import torch
 from torchvision.ops import roi_align
 
-from gnconvert.inference import exportable
+from gnconvert.inference.exportable import exporting
 
 
 def assign_levels(
@@ -53,24 +53,25 @@ def multilevel_roi_align(
 
     features[i] is level min_level + i.
     """
-    if not torch.jit.is_scripting():
-        if torch.compiler.is_exporting():
-            return exportable.traced("stages").multilevel_roi_align(features, boxes, levels, min_level, resolution, sampling_ratio)
     num_rois = boxes.shape[0]
     channels = features[0].shape[1]
     out = features[0].new_zeros((num_rois, channels, resolution, resolution))
     rois = torch.cat([boxes.new_zeros((num_rois, 1)), boxes], dim=1)
-    threads = _cpu_threads() if boxes.device.type == "cpu" else 1
+    threads = 1  # scripted or exported: one thread (see the module docstring)
+    if not torch.jit.is_scripting():
+        if boxes.device.type == "cpu" and not torch.compiler.is_exporting():
+            threads = torch.get_num_threads()
     min_chunk = 64  # RoIs: below this a chunk is not worth a thread
     jobs: List[Tuple[int, torch.Tensor]] = []  # (level index, the RoIs' indices)
     for i in range(len(features)):
         idx = torch.nonzero(levels == min_level + i).reshape(-1)
         n = idx.numel()
-        if n == 0:
-            continue
-        chunks = max(1, min(threads, n // min_chunk))
-        for part in idx.chunk(chunks):
-            jobs.append((i, part))
+        if exporting():  # traced sizes: every level is pooled, possibly with no RoIs
+            jobs.append((i, idx))
+        elif n > 0:
+            chunks = max(1, min(threads, n // min_chunk))
+            for part in idx.chunk(chunks):
+                jobs.append((i, part))
     if torch.jit.is_scripting() or len(jobs) < 2 or threads < 2:
         pooled = [_pool(features[i], rois[idx], min_level + i, resolution, sampling_ratio) for i, idx in jobs]
     else:
@@ -78,18 +79,6 @@ def multilevel_roi_align(
     for (_, idx), p in zip(jobs, pooled):
         out[idx] = p
     return out
-
-
-def _cpu_threads() -> int:
-    threads = 1  # scripted: one thread (see the module docstring)
-    if not torch.jit.is_scripting():
-        threads = _intra_op_threads()
-    return threads
-
-
-@torch.jit.unused
-def _intra_op_threads() -> int:
-    return torch.get_num_threads()
 
 
 def _pool(feat: torch.Tensor, rois: torch.Tensor, level: int, resolution: int, sampling_ratio: int) -> torch.Tensor:

@@ -82,15 +82,21 @@ def keys(values: Tensor) -> Tensor:
     return out
 
 
-def _tied(sorted_keys: Tensor, order: Tensor, same_segment: Tensor) -> Tuple[bool, Tensor]:
-    """Whether any two neighbours in sorted order tie (within a segment), and which elements do."""
-    eq = (sorted_keys[1:] == sorted_keys[:-1]) & same_segment
-    if not bool(eq.any()):
-        return False, eq
+def tie_flags(eq: Tensor, order: Tensor) -> Tensor:
+    """Which elements tie a neighbour, from `eq`: whether each neighbouring pair in sorted order ties."""
     no = torch.zeros((1,), dtype=torch.bool, device=eq.device)
     tied = torch.empty((order.shape[0],), dtype=torch.bool, device=eq.device)
     tied[order] = torch.cat((eq, no)) | torch.cat((no, eq))
-    return True, tied
+    return tied
+
+
+def order_and_ties(key: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+    """The stable order by (segment, key), and whether each neighbouring pair in it ties within a segment."""
+    seg = segment_ids(lengths)
+    by_value = torch.sort(key, stable=True)[1]
+    order = by_value[torch.sort(seg[by_value], stable=True)[1]]
+    sorted_key, sorted_seg = key[order], seg[order]
+    return order, (sorted_key[1:] == sorted_key[:-1]) & (sorted_seg[1:] == sorted_seg[:-1])
 
 
 # --------------------------------------------------------------------------- vectorised introsort
@@ -220,14 +226,10 @@ def argsort_segments(values: Tensor, lengths: Tensor) -> Tensor:
     if n == 0:
         return torch.zeros((0,), dtype=torch.int64, device=key.device)
     lengths = lengths.to(device=key.device, dtype=torch.int64)
-    seg = segment_ids(lengths)
-    by_value = torch.sort(key, stable=True)[1]
-    order = by_value[torch.sort(seg[by_value], stable=True)[1]]
-    sorted_seg = seg[order]
-    any_tie, tied = _tied(key[order], order, sorted_seg[1:] == sorted_seg[:-1])
-    if not any_tie:
+    order, eq = order_and_ties(key, lengths)
+    if not bool(eq.any()):
         return order
-    return _classic_argsort_segments(key, _exclusive_cumsum(lengths), lengths, tied)
+    return _classic_argsort_segments(key, _exclusive_cumsum(lengths), lengths, tie_flags(eq, order))
 
 
 def argsort(values: Tensor) -> Tensor:
@@ -238,11 +240,11 @@ def argsort(values: Tensor) -> Tensor:
     key = keys(values)
     n = key.shape[0]
     sorted_key, order = torch.sort(key)
-    any_tie, tied = _tied(sorted_key, order, torch.ones((max(n - 1, 0),), dtype=torch.bool, device=key.device))
-    if not any_tie:
+    eq = sorted_key[1:] == sorted_key[:-1]
+    if not bool(eq.any()):
         return order
     return _classic_argsort_segments(key, torch.zeros((1,), dtype=torch.int64, device=key.device),
-                                     torch.full((1,), n, dtype=torch.int64, device=key.device), tied)
+                                     torch.full((1,), n, dtype=torch.int64, device=key.device), tie_flags(eq, order))
 
 
 def argpartition(values: Tensor, kth: int) -> Tensor:
@@ -355,15 +357,14 @@ def nms_order(scores: Tensor) -> Tensor:
 
 
 def nms_order_segments(scores: Tensor, lengths: Tensor) -> Tensor:
-    """`nms_order` of every consecutive segment, as global indices."""
-    if not torch.jit.is_scripting():
-        if torch.compiler.is_exporting():
-            return exportable.traced("sorting").nms_order_segments(scores, lengths)
+    """`nms_order` of every consecutive segment, as global indices.  Traceable: under torch.export the
+    shortcut for already-descending input is skipped (the mirrored argsort gives that order too:
+    without ties there is one order)."""
     lengths = lengths.to(device=scores.device, dtype=torch.int64)
     seg = segment_ids(lengths)
     n = seg.shape[0]
     # already strictly descending within every segment (proposals come best first): that order
-    if n < 2 or bool(((scores[1:] < scores[:-1]) | (seg[1:] != seg[:-1])).all()):
+    if not exportable.exporting() and (n < 2 or bool(((scores[1:] < scores[:-1]) | (seg[1:] != seg[:-1])).all())):
         return torch.arange(n, device=scores.device)
     order = argsort_segments(scores, lengths)
     starts = _exclusive_cumsum(lengths)

@@ -30,10 +30,8 @@ def set_group_norm_kernel(module: nn.Module, kernel: bool) -> None:
             m.kernel = kernel
 
 
-def _finish(y: Tensor, residual: Optional[Tensor], relu: bool, inplace: bool = True) -> Tensor:
-    """+ residual, then ReLU; in place when `y` is a fresh tensor of ours (one pass less over memory)."""
-    if not inplace:
-        y = y.clone() if (residual is not None or relu) else y
+def _finish(y: Tensor, residual: Optional[Tensor], relu: bool) -> Tensor:
+    """+ residual, then ReLU, in place: `y` is a fresh tensor of ours (one pass less over memory)."""
     if residual is not None:
         y = y.add_(residual)
     return y.relu_() if relu else y
@@ -60,7 +58,7 @@ class NoNorm(nn.Module):
     """No normalisation (the conv has a bias); keeps the norms' call for residual and ReLU."""
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None, relu: bool = False) -> Tensor:
-        return _finish(x, residual, relu, inplace=False)  # x is the caller's tensor
+        return _finish(x.clone() if (residual is not None or relu) else x, residual, relu)  # x is the caller's
 
 
 def make_norm(kind: str, num_channels: int, num_groups: int = 32, eps: float = 1e-5) -> nn.Module:

@@ -35,15 +35,18 @@ def cpu_flags() -> FrozenSet[str]:
             return frozenset(k for k, v in get().items() if v is True)
         except Exception:  # an older torch's cpuinfo binding: fall through to the kernel's view
             pass
-    flags: set = set()
+    return frozenset(flag for line in _cpuinfo() if line.startswith(("flags", "Features"))
+                     for flag in line.split(":", 1)[1].split())
+
+
+@functools.cache
+def _cpuinfo() -> Tuple[str, ...]:
+    """The lines of /proc/cpuinfo (none where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags.update(line.split(":", 1)[1].split())
+            return tuple(f)
     except OSError:
-        pass
-    return frozenset(flags)
+        return ()
 
 
 def onednn_isa_cap() -> Optional[str]:
@@ -81,11 +84,5 @@ def compile_support() -> Tuple[bool, bool, str]:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine() or "unknown CPU"

@@ -52,7 +52,7 @@ def _stamp(path: Path) -> str:
 
 
 def record_verified(final: Path, md5: str) -> None:
-    write_atomic(md5_sidecar(final), f"{md5}\n{_stamp(final)}\n")
+    atomic.write_bytes_atomic(md5_sidecar(final), f"{md5}\n{_stamp(final)}\n".encode(), ELSEWHERE, DownloadError)
 
 
 def unchanged_since_verified(path: Path) -> bool:
@@ -69,9 +69,9 @@ def part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-def file_md5(path) -> str:
-    """MD5 of a file, read in blocks (constant memory)."""
-    h = hashlib.md5()
+def file_digest(path, algorithm: str = "md5") -> str:
+    """Hex digest of a file (MD5 unless told), read in blocks (constant memory)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
@@ -81,7 +81,7 @@ def file_md5(path) -> str:
 def is_intact(path: Path) -> bool:
     try:
         stored = md5_sidecar(path).read_text().split()[0].lower()
-        return path.is_file() and file_md5(path) == stored
+        return path.is_file() and file_digest(path) == stored
     except (OSError, IndexError):
         return False
 
@@ -167,12 +167,5 @@ def locked(final: Path, timeout_s: float):
         lock.release()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    atomic.write_bytes_atomic(path, text.encode("utf-8"), ELSEWHERE, DownloadError)
-
-
 def remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)

@@ -91,9 +91,6 @@ class Catalog:
     def __iter__(self) -> Iterator[ModelEntry]:
         return iter(self.models.values())
 
-    def __len__(self) -> int:
-        return len(self.models)
-
     def __contains__(self, model_id: object) -> bool:
         return model_id in self.models
 
@@ -124,13 +121,6 @@ def catalog_path() -> Path:
     return Path(__file__).resolve().parents[2] / CATALOG_NAME
 
 
-def _check_relative(model_id: str, rel: str) -> str:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ValueError(f"catalog entry {model_id}: file path {rel!r} must be relative, without '..'")
-    return rel
-
-
 def _entry(raw: Dict[str, Any]) -> ModelEntry:
     if raw.get("kind") not in KINDS:
         raise ValueError(f"catalog entry {raw.get('id')}: kind {raw.get('kind')!r} is not one of {KINDS}")
@@ -138,7 +128,9 @@ def _entry(raw: Dict[str, Any]) -> ModelEntry:
     for what, rel in entry.files.items():
         if what not in FILE_KINDS:
             raise ValueError(f"catalog entry {entry.id}: unknown file kind {what!r}")
-        _check_relative(entry.id, rel)
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not p.parts:
+            raise ValueError(f"catalog entry {entry.id}: file path {rel!r} must be relative, without '..'")
     return entry
 
 

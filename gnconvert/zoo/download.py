@@ -15,7 +15,7 @@ from typing import Dict, Optional
 from gnconvert.errors import DownloadError, UsageError
 from gnconvert.zoo import catalog
 from gnconvert.zoo.cache import (
-    file_md5,
+    file_digest,
     is_intact,
     local_path,
     locked,
@@ -32,7 +32,7 @@ from gnconvert.zoo.transfer import Settings, base_url, copy_from_mirror, downloa
 log = logging.getLogger(__name__)
 
 WHATS = ("model", "boxes", "masks", "all")
-__all__ = ["WHATS", "base_url", "cached_path", "fetch", "fetch_file", "file_md5"]
+__all__ = ["WHATS", "base_url", "cached_path", "fetch", "fetch_file", "file_digest"]
 
 
 def cached_path(model_id: str, what: str = "model", verify: bool = True) -> Optional[Path]:
@@ -80,7 +80,7 @@ def fetch_file(rel: str, force: bool = False, progress: Optional[bool] = None) -
                 copy_from_mirror(url, final, show)
                 return final
             expected = fetch_md5(session, url, settings)
-            if not force and final.is_file() and file_md5(final) == expected:
+            if not force and final.is_file() and file_digest(final) == expected:
                 record_verified(final, expected)  # e.g. a file copied in by hand
                 return final
             if not force:  # corrupt: never leave it under the final name, even if the download fails

@@ -227,7 +227,8 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
             remove(part)
             raise _html_page(url)
         if resp.status_code == 206:
-            start = _content_range_start(resp)
+            m = re.match(r"bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
+            start = int(m.group(1)) if m else -1
             if start != offset:
                 raise _Restart(f"the server resumed at byte {start}, not {offset}")
         else:
@@ -290,11 +291,6 @@ def _blocks(resp: requests.Response) -> Iterator[bytearray]:
         raise _Retryable(_one_line(e)) from None
     if block:
         yield block
-
-
-def _content_range_start(resp: requests.Response) -> int:
-    m = re.match(r"bytes\s+(\d+)-", resp.headers.get("Content-Range", ""))
-    return int(m.group(1)) if m else -1
 
 
 class _BackgroundMD5:

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 from torch._higher_order_ops.while_loop import while_loop
 
+from gnconvert.inference import sorting
 from gnconvert.inference.boxes import pairwise_overlap_between
-from gnconvert.inference.exportable import sorting
 
 
 def settle(src: Tensor, dst: Tensor, n) -> Tensor:

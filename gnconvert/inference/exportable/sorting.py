@@ -78,25 +78,13 @@ def classic_argsort_segments(key: Tensor, starts: Tensor, lengths: Tensor, tied:
     return t[by_value[by_block]]
 
 
-def _tied(sorted_keys: Tensor, order: Tensor, same_segment: Tensor) -> Tensor:
-    eq = (sorted_keys[1:] == sorted_keys[:-1]) & same_segment
-    no = torch.zeros((1,), dtype=torch.bool, device=eq.device)
-    tied = torch.empty((order.shape[0],), dtype=torch.bool, device=eq.device)
-    tied[order] = torch.cat((eq, no)) | torch.cat((no, eq))
-    return tied
-
-
 def argsort_segments(values: Tensor, lengths: Tensor) -> Tensor:
     """`sorting.argsort_segments`: the classic algorithm always runs (with no ties it finishes in
     one pass and gives the only correct order, the one the eager shortcut returns)."""
     key = keys(values)
     lengths = lengths.to(device=key.device, dtype=torch.int64)
-    seg = eager.segment_ids(lengths)
-    by_value = torch.sort(key, stable=True)[1]
-    order = by_value[torch.sort(seg[by_value], stable=True)[1]]
-    sorted_seg = seg[order]
-    tied = _tied(key[order], order, sorted_seg[1:] == sorted_seg[:-1])
-    return classic_argsort_segments(key, torch.cumsum(lengths, 0) - lengths, lengths, tied)
+    order, eq = eager.order_and_ties(key, lengths)
+    return classic_argsort_segments(key, torch.cumsum(lengths, 0) - lengths, lengths, eager.tie_flags(eq, order))
 
 
 def argsort(values: Tensor) -> Tensor:
@@ -216,15 +204,4 @@ def top_k_descending(scores: Tensor, k: int) -> Tensor:
     numpy_way = ((sorted_key[1:] == sorted_key[:-1]) & first).any() | (size_of(neg) <= k)
     best = argpartition(neg, k)[:k]
     return torch.where(numpy_way, best[argsort(neg[best])], order[:k])
-
-
-def nms_order_segments(scores: Tensor, lengths: Tensor) -> Tensor:
-    """`sorting.nms_order_segments` (the eager shortcut for already-descending input gives the
-    same order as the mirrored argsort: without ties there is one order)."""
-    lengths = lengths.to(device=scores.device, dtype=torch.int64)
-    seg = eager.segment_ids(lengths)
-    order = argsort_segments(scores, lengths)
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(order.shape[0], device=order.device)
-    return order[starts[seg] + (starts[seg] + lengths[seg] - 1 - pos)]
 

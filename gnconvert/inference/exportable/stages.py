@@ -15,24 +15,13 @@ from gnconvert.inference.exportable.sorting import size_of
 
 # ----------------------------------------------------------------------------- input
 def _taps(dst, src, scale: Tensor, exact: Tensor, device) -> Tuple[Tensor, Tensor, Tensor]:
-    """`cv2_resize._taps` with the exact-ratio choice as data."""
+    """`cv2_resize._taps` with the exact-ratio choice as data: both ways of `_taps_at`, one picked."""
     d = torch.arange(dst, dtype=torch.float64, device=device)
     pos = torch.where(exact, (d + 0.5) * scale - 0.5, (d + 0.5 - 0.5 * scale) / scale.expand_as(d))
-    first = torch.floor(pos)
-    weight = pos - first
-    index = first.to(torch.int64)
-    weight = torch.where(index < 0, torch.zeros_like(weight), weight)
-    index = index.clamp(min=0)
     last_pixel = exact | (src < 2)
-    beyond = index >= src - 1
-    weight = torch.where(beyond, torch.where(last_pixel, 0.0, 1.0).to(weight.dtype), weight)
-    index = torch.where(beyond, torch.where(last_pixel, src - 1, src - 2), index)
-    return index, (index + 1).clamp(max=src - 1), weight.to(torch.float32)
-
-
-def _blend(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
-    """`cv2_resize._blend_into`'s arithmetic: the difference in float32, the rest in float64."""
-    return ((b - a).to(torch.float64) * weight.to(torch.float64) + a.to(torch.float64)).to(torch.float32)
+    taps = zip(cv2_resize._taps_at(pos, src, True), cv2_resize._taps_at(pos, src, False))
+    index, second, weight = (torch.where(last_pixel, a, b) for a, b in taps)
+    return index, second, weight
 
 
 def _resize(x: Tensor, factor: Tensor, oh: Tensor, ow: Tensor, out_h, out_w) -> Tensor:
@@ -47,9 +36,9 @@ def _resize(x: Tensor, factor: Tensor, oh: Tensor, ow: Tensor, out_h, out_w) -> 
     x0, x1, wx = _taps(out_w, in_w, torch.where(same, one, torch.where(exact, fw / ow, factor)), exact, x.device)
     y0, y1, wy = _taps(out_h, in_h, torch.where(same, one, torch.where(exact, fh / oh, factor)), exact, x.device)
     left = x.index_select(1, x0)
-    rows = _blend(left, x.index_select(1, x1), wx[:, None])
+    rows = cv2_resize._fma(x.index_select(1, x1) - left, wx[:, None], left)  # `_blend_into`'s arithmetic
     top = rows.index_select(0, y0)
-    return _blend(top, rows.index_select(0, y1), wy[:, None, None])
+    return cv2_resize._fma(rows.index_select(0, y1) - top, wy[:, None, None], top)
 
 
 def input_blob(image: Tensor, pixel_means: Tensor, target: int, max_size: int, stride: int
@@ -101,19 +90,6 @@ def suppress_per_level(level_boxes: List[Tensor], level_scores: List[Tensor], nm
         keep, level = keep[within], level[within]
     out_boxes = [boxes[keep[level == i]] for i in range(len(level_boxes))]
     return out_boxes, [scores[keep[level == i]] for i in range(len(level_boxes))]
-
-
-def multilevel_roi_align(features: List[Tensor], boxes: Tensor, levels: Tensor, min_level: int, resolution: int,
-                         sampling_ratio: int) -> Tensor:
-    """`roi_levels.multilevel_roi_align` on one thread, every level pooled (possibly no RoIs)."""
-    from gnconvert.inference.roi_levels import _pool
-
-    rois = torch.cat([boxes.new_zeros((boxes.shape[0], 1)), boxes], dim=1)
-    out = features[0].new_zeros((boxes.shape[0], features[0].shape[1], resolution, resolution))
-    for i in range(len(features)):
-        idx = torch.nonzero(levels == min_level + i).reshape(-1)
-        out[idx] = _pool(features[i], rois[idx], min_level + i, resolution, sampling_ratio)
-    return out
 
 
 # ----------------------------------------------------------------------------- detections
