@@ -176,9 +176,7 @@ def _group_coefficients(dz_xhat, dz, weight, num_groups, group_size):
     if weight is not None:
         w = weight.to(dz.dtype)
         dz, dz_xhat = dz * w, dz_xhat * w
-    coef_dz = dz.reshape(n, num_groups, -1).sum(-1) / group_size
-    coef_dz_xhat = dz_xhat.reshape(n, num_groups, -1).sum(-1) / group_size
-    return coef_dz.contiguous(), coef_dz_xhat.contiguous()
+    return tuple((t.reshape(n, num_groups, -1).sum(-1) / group_size).contiguous() for t in (dz, dz_xhat))
 
 
 # --------------------------------------------------------------------------- custom ops
@@ -257,7 +255,6 @@ def _group_size(x: Tensor, num_groups: int) -> int:
 # device type -> (forward, backward): Triton on CUDA (on the CPU too in Triton's interpreter), PyTorch elsewhere
 _IMPLEMENTATIONS: Dict[str, Tuple[Callable, Callable]] = {
     "cuda": (_forward_triton, _backward_triton), **({"cpu": (_forward_triton, _backward_triton)} if _INTERPRETED else {})}
-_TORCH_IMPLEMENTATION = (_forward_torch, _backward_torch)
 
 _group_norm_op = torch.library.custom_op("gnconvert::group_norm", mutates_args=())(_forward_torch)
 _group_norm_backward_op = torch.library.custom_op("gnconvert::group_norm_backward", mutates_args=())(_backward_torch)
@@ -347,7 +344,7 @@ def group_norm(
     _check(x, num_groups, weight, bias, residual)
     args = (x, weight, bias, residual, int(num_groups), float(eps), bool(relu))
     if _plain_eager_call(x, weight, bias, residual):
-        return _IMPLEMENTATIONS.get(x.device.type, _TORCH_IMPLEMENTATION)[0](*args)[0]
+        return _IMPLEMENTATIONS.get(x.device.type, (_forward_torch, _backward_torch))[0](*args)[0]
     return torch.ops.gnconvert.group_norm(*args)[0]
 
 
@@ -359,9 +356,7 @@ def _plain_eager_call(*tensors: Optional[Tensor]) -> bool:
     for t in tensors:
         if t is None:
             continue
-        if type(t) is not Tensor and type(t) is not nn.Parameter:
-            return False
-        if t.requires_grad and torch.is_grad_enabled():
+        if (type(t) is not Tensor and type(t) is not nn.Parameter) or (t.requires_grad and torch.is_grad_enabled()):
             return False
     return True
 

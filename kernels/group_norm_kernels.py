@@ -93,6 +93,21 @@ def _group_start(G, CPG, stride_n, stride_c):
 
 
 @triton.jit
+def _chunk(CHUNK, S, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """This program's chunk k (program axis 1), its spatial range [s_begin, s_end), and a tile's channel
+    and spatial index ranges."""
+    k = tl.program_id(1)
+    s_begin = k * CHUNK
+    return k, s_begin, tl.minimum(s_begin + CHUNK, S), tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_S)
+
+
+@triton.jit
+def _load_stats(SHIFT, MEAN, RSTD, pid):
+    """The group's statistics, as the forward stored them."""
+    return tl.load(SHIFT + pid), tl.load(MEAN + pid), tl.load(RSTD + pid)
+
+
+@triton.jit
 def _dz_xhat(X, DY, Y, offs, mask, shift, mean, rstd, RELU: tl.constexpr, ACC: tl.constexpr):
     """dz = dy where the ReLU passed (y > 0), and xhat = ((x - shift) - mean) * rstd, at offs."""
     dz = tl.load(DY + offs, mask=mask, other=0.0).to(ACC)
@@ -148,11 +163,7 @@ def _gn_fwd_chunk_stats_kernel(
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
     pid, g, base = _group_start(G, CPG, stride_n, stride_c)
-    k = tl.program_id(1)
-    s_begin = k * CHUNK
-    s_end = tl.minimum(s_begin + CHUNK, S)
-    cr = tl.arange(0, BLOCK_C)
-    sr = tl.arange(0, BLOCK_S)
+    k, s_begin, s_end, cr, sr = _chunk(CHUNK, S, BLOCK_C, BLOCK_S)
 
     shift = tl.load(X + base).to(ACC)
     count = tl.zeros([], ACC)
@@ -191,7 +202,7 @@ def _gn_fwd_chunk_apply_kernel(
     ACC: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
     pid, g, base = _group_start(G, CPG, stride_n, stride_c)
-    k = tl.program_id(1)
+    k, s_begin, s_end, cr, sr = _chunk(CHUNK, S, BLOCK_C, BLOCK_S)
 
     # Merge the group's chunk statistics (Chan), every program of the group alike.
     kk = tl.arange(0, SPLITS_P2)
@@ -210,10 +221,6 @@ def _gn_fwd_chunk_apply_kernel(
         tl.store(MEAN + pid, mean)
         tl.store(RSTD + pid, rstd)
 
-    s_begin = k * CHUNK
-    s_end = tl.minimum(s_begin + CHUNK, S)
-    cr = tl.arange(0, BLOCK_C)
-    sr = tl.arange(0, BLOCK_S)
     for c0 in range(0, CPG, BLOCK_C):
         c = c0 + cr
         c_ok = c < CPG
@@ -254,14 +261,8 @@ def _gn_bwd_reduce_kernel(
     RELU: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
     pid, g, base = _group_start(G, CPG, stride_n, stride_c)
-    k = tl.program_id(1)
-    shift = tl.load(SHIFT + pid)
-    mean = tl.load(MEAN + pid)
-    rstd = tl.load(RSTD + pid)
-    s_begin = k * CHUNK
-    s_end = tl.minimum(s_begin + CHUNK, S)
-    cr = tl.arange(0, BLOCK_C)
-    sr = tl.arange(0, BLOCK_S)
+    k, s_begin, s_end, cr, sr = _chunk(CHUNK, S, BLOCK_C, BLOCK_S)
+    shift, mean, rstd = _load_stats(SHIFT, MEAN, RSTD, pid)
     for c0 in range(0, CPG, BLOCK_C):
         c = c0 + cr
         c_ok = c < CPG
@@ -288,16 +289,10 @@ def _gn_bwd_apply_kernel(
     ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr, TILE: tl.constexpr,
 ):
     pid, g, base = _group_start(G, CPG, stride_n, stride_c)
-    k = tl.program_id(1)
-    shift = tl.load(SHIFT + pid)
-    mean = tl.load(MEAN + pid)
-    rstd = tl.load(RSTD + pid)
+    k, s_begin, s_end, cr, sr = _chunk(CHUNK, S, BLOCK_C, BLOCK_S)
+    shift, mean, rstd = _load_stats(SHIFT, MEAN, RSTD, pid)
     coef_dz = tl.load(COEF_DZ + pid)
     coef_dz_xhat = tl.load(COEF_DZ_XHAT + pid)
-    s_begin = k * CHUNK
-    s_end = tl.minimum(s_begin + CHUNK, S)
-    cr = tl.arange(0, BLOCK_C)
-    sr = tl.arange(0, BLOCK_S)
     for c0 in range(0, CPG, BLOCK_C):
         c = c0 + cr
         c_ok = c < CPG
@@ -324,9 +319,7 @@ def _gn_bwd_single_tile_kernel(
 ):
     """Small groups: the whole backward of one group in one program, one read of x, dy (and y)."""
     pid, g, base = _group_start(G, CPG, stride_n, stride_c)
-    shift = tl.load(SHIFT + pid)
-    mean = tl.load(MEAN + pid)
-    rstd = tl.load(RSTD + pid)
+    shift, mean, rstd = _load_stats(SHIFT, MEAN, RSTD, pid)
     c = tl.arange(0, BLOCK_C)
     s = tl.arange(0, BLOCK_S)
     c_ok = c < CPG

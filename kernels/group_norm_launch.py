@@ -109,8 +109,7 @@ def forward(x, weight, bias, residual, num_groups, eps, relu, channels_last, y, 
             BLOCK_C=triton.next_power_of_2(cpg), BLOCK_S=triton.next_power_of_2(s), num_warps=warps, **flags,
         )
         return
-    stat_dtype = stats.dtype
-    parts = torch.empty((3, n * num_groups, p.splits), device=x.device, dtype=stat_dtype)
+    parts = torch.empty((3, n * num_groups, p.splits), device=x.device, dtype=stats.dtype)
     grid = (n * num_groups, p.splits)
     _gn_fwd_chunk_stats_kernel[grid](
         x, parts[0], parts[1], parts[2], s, cpg, num_groups, p.splits, p.chunk, p.work_bucket, sn, sc, ss,

@@ -99,7 +99,6 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
         mask_head, mask_first = MaskHeadType.CONVS, "_[mask]_fcn1_w"
     else:
         raise CheckpointError(f"blobs have neither _mask_fcn1_w nor _[mask]_fcn1_w: unknown mask head; {SUPPORTED}")
-    num_classes = _shape(blobs, "cls_score_w")[0]
     return Architecture(
         fpn_norm=fpn_norm,
         fpn_dim=fpn_dim,
@@ -107,7 +106,7 @@ def architecture_from_blobs(blobs: Mapping[str, Any]) -> Architecture:
         box_roi_resolution=resolution,
         mask_head=mask_head,
         mask_dim=_shape(blobs, mask_first)[0],
-        num_classes=num_classes,
+        num_classes=_shape(blobs, "cls_score_w")[0],
         freeze_at=_infer_freeze_at(blobs),
         pretrained_on_imagenet="pred_w" in blobs or "fc1000_w" in blobs,
         **heads,
@@ -145,7 +144,6 @@ def architecture_from_checkpoint(
     (`--config`), else the blob names and shapes.  A cfg is cross-checked against
     the blobs; any disagreement is an error, never a guess.
     """
-    from_blobs = None
     if cfg is not None or config_path is not None:
         if cfg is not None:
             arch, how, source = architecture_from_cfg(cfg, embedded=True), "embedded cfg", "the embedded cfg"
@@ -163,5 +161,4 @@ def architecture_from_checkpoint(
             return arch, f"classifier; body settings from {how}"
         _cross_check(arch, from_blobs, source)
         return arch, how
-    arch = architecture_from_blobs(blobs)
-    return arch, "inferred from blob names and shapes"
+    return architecture_from_blobs(blobs), "inferred from blob names and shapes"

@@ -142,7 +142,6 @@ def load_converted(path) -> ConvertedCheckpoint:
             state = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); convert the model again") from None
-    version = record["format_version"]
     try:
         arch = Architecture.from_dict(record["architecture"])
     except (TypeError, ValueError, KeyError) as e:
@@ -152,7 +151,7 @@ def load_converted(path) -> ConvertedCheckpoint:
         if tensors_digest(state) != record["tensors_sha256"]:
             raise CheckpointError(f"{path} is corrupt: its weights no longer match the digest recorded when it "
                                   "was converted; convert the model again")
-    elif version >= 2:
+    elif record["format_version"] >= 2:
         raise CheckpointError(f"{path}: metadata has no tensors_sha256; convert the model again")
     check_finite(state, path)
     return ConvertedCheckpoint(state_dict=state, arch=arch, provenance=dict(record.get("provenance", {})),

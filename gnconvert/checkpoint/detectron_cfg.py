@@ -45,10 +45,6 @@ class _CfgLoader(yaml.SafeLoader):
     """SafeLoader plus Detectron's Python-2 tags; its own registry, not PyYAML's global one."""
 
 
-def _unicode(loader, node):
-    return loader.construct_scalar(node)
-
-
 def _tuple(loader, node):
     return tuple(loader.construct_sequence(node, deep=True))
 
@@ -139,8 +135,8 @@ def _refuse_multi(loader, suffix, node):
     _refuse(loader, node)
 
 
-_CfgLoader.add_constructor(_PY + "unicode", _unicode)
-_CfgLoader.add_constructor(_PY + "str", _unicode)
+_CfgLoader.add_constructor(_PY + "unicode", _CfgLoader.construct_yaml_str)  # Python 2 text: a plain YAML string
+_CfgLoader.add_constructor(_PY + "str", _CfgLoader.construct_yaml_str)
 _CfgLoader.add_constructor(_PY + "tuple", _tuple)
 _CfgLoader.add_constructor(_ATTRDICT, _attrdict)
 _CfgLoader.add_multi_constructor(_PY + "object/apply:", _apply)

@@ -26,7 +26,6 @@ import numpy as np
 from gnconvert.errors import CheckpointError
 
 DTYPE_CODE = re.compile(r"[biufc][0-9]{1,2}")  # plain bool/int/uint/float/complex only
-_ENDIANS = ("<", ">", "|", "=")
 
 
 @dataclass
@@ -68,7 +67,7 @@ class _DtypeSpec:
         if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)):
             raise _Rejected("numpy dtype state has an unknown layout")
         endian = _text(state[1])
-        if endian not in _ENDIANS or state[2:5] != (None, None, None) or state[5:7] != (-1, -1):
+        if endian not in ("<", ">", "|", "=") or state[2:5] != (None, None, None) or state[5:7] != (-1, -1):
             raise _Rejected("numpy dtype state describes a structured or sized type")
         if state[7] != 0 or (len(state) == 9 and state[8] is not None):
             raise _Rejected("numpy dtype state carries flags or metadata")
@@ -196,9 +195,6 @@ class _BoundedReader:
         return self._f.tell()
 
 
-_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
-
-
 class _SafeUnpickler(pickle.Unpickler):
     """The C unpickler with every global resolved through an allow list."""
 
@@ -206,7 +202,7 @@ class _SafeUnpickler(pickle.Unpickler):
         super().__init__(reader, encoding="bytes")
         self._allowed = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _make_dtype,
                          ("_codecs", "encode"): _codecs_encode}
-        for module in _NUMPY_MODULES:
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             self._allowed[(module, "_reconstruct")] = self._reconstruct
             self._allowed[(module, "scalar")] = _make_scalar
         for module in ("numpy.core.numeric", "numpy._core.numeric"):

@@ -56,7 +56,7 @@ class _Py2Pickler:
         else:
             self._f.write(b"I%d\n" % value)  # cPickle's text INT for ints beyond 32 bits
 
-    def _str(self, data: bytes, memoize: bool):
+    def _str(self, data: bytes | memoryview, memoize: bool):
         n = len(data)
         self._f.write(b"U" + bytes([n]) if n < 256 else b"T" + struct.pack("<i", n))
         self._f.write(data)
@@ -110,9 +110,7 @@ class _Py2Pickler:
         fortran = a.flags.f_contiguous and not a.flags.c_contiguous
         self._f.write(b"\x88" if fortran else b"\x89")
         data = np.asfortranarray(a) if fortran else np.ascontiguousarray(a)
-        n = data.nbytes
-        self._f.write(b"U" + bytes([n]) if n < 256 else b"T" + struct.pack("<i", n))
-        self._f.write(data.reshape(-1, order="A").view(np.uint8).data)
+        self._str(data.reshape(-1, order="A").view(np.uint8).data, memoize=False)
         self._f.write(b"tb")
 
     def _value(self, value):

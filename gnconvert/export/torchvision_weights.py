@@ -63,8 +63,7 @@ def _rename(name: str, rules: List[Rule], offset: Callable[[int], int]) -> Optio
     for pattern, replacement in rules:
         m = re.match(pattern, name)
         if m:
-            out = m.expand(replacement)
-            return re.sub(r"\{(\d+)\}", lambda g: str(offset(int(g.group(1)))), out)
+            return re.sub(r"\{(\d+)\}", lambda g: str(offset(int(g.group(1)))), m.expand(replacement))
     return None
 
 

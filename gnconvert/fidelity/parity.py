@@ -112,7 +112,6 @@ def compare_proposal_rows(name: str, ours: np.ndarray, ours_probs: np.ndarray, r
     if len(ref):
         near = np.abs(ours[:, 1:5].astype(np.float64) - ref[:, 1:5]).max(axis=1) <= ROW_PIXELS
         same = near | (np.diag(box_iou(ref[:, 1:5], ours[:, 1:5])) >= BOX_IOU)
-    moved = 0
     for i in np.flatnonzero(~same):
         group = np.flatnonzero((ref_probs == ref_probs[i]) & (ours_probs == ref_probs[i]) & ~same)
         if len(group) < 2 or i not in group:
@@ -125,10 +124,9 @@ def compare_proposal_rows(name: str, ours: np.ndarray, ours_probs: np.ndarray, r
         if (best < 0).any():
             return StageResult(name, False, f"{int((best < 0).sum())} rows tied at probability {p:.8g} hold boxes "
                                             "Detectron's do not")
-        moved += len(group)
     detail = f"{len(ref)} rows in Detectron's order"
-    if moved:
-        detail += f" but for {moved} rows tied in probability, in another tie order"
+    if not same.all():
+        detail += f" but for {int((~same).sum())} rows tied in probability, in another tie order"
     return StageResult(name, True, detail, decision=True)
 
 
@@ -232,24 +230,15 @@ def noise_floor(run: StageRun, reference, ours: Detections) -> Optional[NoiseFlo
     matches: List[DetectionMatch] = []
     hit = np.zeros(len(reference.detections), bool)
     hit[[i for i, _ in match_detections(reference.detections, ours, masks=False).pairs]] = True
-    floor = None
-    while len(matches) < NOISE_RUNS:
-        floor = _one_more(run, reference, ours, sigmas, gen, matches, hit)
-    while floor is not None and not floor.explains(target) and len(matches) < MAX_NOISE_RUNS:
-        floor = _one_more(run, reference, ours, sigmas, gen, matches, hit)
+    floor: Optional[NoiseFloor] = None
+    while floor is None or len(matches) < NOISE_RUNS or (not floor.explains(target) and len(matches) < MAX_NOISE_RUNS):
+        feats = [f + s * torch.randn(f.shape, generator=gen).to(f.device, f.dtype) for f, s in zip(run.feats, sigmas)]
+        noisy = run.with_features(feats).detections()
+        matches.append(match_detections(ours, noisy))
+        hit[[i for i, _ in match_detections(reference.detections, noisy, masks=False).pairs]] = True
+        union = float(hit.mean()) if len(hit) else 1.0
+        floor = NoiseFloor(sigmas=list(sigmas), self_matches=list(matches), detectron_union=union)
     return floor
-
-
-def _one_more(run: StageRun, reference, ours: Detections, sigmas: List[float], gen, matches: List[DetectionMatch],
-              hit: np.ndarray) -> NoiseFloor:
-    import torch
-
-    feats = [f + s * torch.randn(f.shape, generator=gen).to(f.device, f.dtype) for f, s in zip(run.feats, sigmas)]
-    noisy = run.with_features(feats).detections()
-    matches.append(match_detections(ours, noisy))
-    hit[[i for i, _ in match_detections(reference.detections, noisy, masks=False).pairs]] = True
-    union = float(hit.mean()) if len(hit) else 1.0
-    return NoiseFloor(sigmas=list(sigmas), self_matches=list(matches), detectron_union=union)
 
 
 # --------------------------------------------------------------------------- report

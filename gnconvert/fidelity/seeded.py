@@ -41,11 +41,7 @@ def draw_blob(name: str, shape: Sequence[int], rng: np.random.RandomState) -> np
         values = rng.normal(0.0, 1.0, shape)
     elif name.startswith("bbox_pred_w"):
         values = rng.normal(0.0, 0.003, shape)
-    elif name.startswith("mask_fcn_logits_w"):
-        values = rng.normal(0.0, 0.05, shape)
-    elif name.startswith("rpn_cls_logits") and name.endswith("_w"):
-        values = rng.normal(0.0, 0.05, shape)
-    elif name.endswith("_b"):
+    elif name.startswith(("mask_fcn_logits_w", "rpn_cls_logits")) or name.endswith("_b"):
         values = rng.normal(0.0, 0.05, shape)
     elif name == "fc7_w":
         values = rng.normal(0.0, math.sqrt(0.05 / shape[1]), shape)

@@ -145,13 +145,11 @@ class Detector(LoadedModel):
         x = self._pool(feats, rois, self.box_resolution, self.box_sampling_ratio)
         if not exporting() and rois.shape[0] == 0:  # nothing survived the RPN: no detections, no crash
             return x.new_zeros((0, self.num_classes)), x.new_zeros((0, 4 * self.num_classes))
-        cls_score, bbox_pred = self._box_outputs(x)
-        return torch.softmax(cls_score, dim=1), bbox_pred
-
-    def _box_outputs(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         if not torch.jit.is_scripting():
-            return self.parts.box(x)
-        return self.network.box_predictor(self.network.box_head(x))
+            cls_score, bbox_pred = self.parts.box(x)
+        else:
+            cls_score, bbox_pred = self.network.box_predictor(self.network.box_head(x))
+        return torch.softmax(cls_score, dim=1), bbox_pred
 
     def box_results(self, rois: Tensor, cls_prob: Tensor, bbox_pred: Tensor, scale: float, height: int,
                     width: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -169,18 +167,20 @@ class Detector(LoadedModel):
             return torch.zeros((0, m, m), dtype=torch.float32, device=boxes.device)
         x = self._pool(feats, mask_postprocess.mask_rois(boxes, scale), self.mask_roi_resolution,
                        self.mask_sampling_ratio)
-        return mask_postprocess.class_probs(self._mask_logits(x), classes)
-
-    def _mask_logits(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            return self.parts.mask(x)
-        return self.network.mask_head(x)
+            return mask_postprocess.class_probs(self.parts.mask(x), classes)
+        return mask_postprocess.class_probs(self.network.mask_head(x), classes)
 
     def paste(self, probs: Tensor, boxes: Tensor, height: int, width: int) -> Tuple[List[Tensor], Tensor]:
         """Detectron's segm_results: each mask's binary crop inside the image and where it starts (y, x)."""
         return mask_postprocess.paste(probs, boxes, height, width, self.mask_thresh)
 
     # ------------------------------------------------------------- the runner
+    def _lap(self, times: Optional[Dict[str, float]], stage: str, device: torch.device) -> None:
+        """`clock.lap`, when the caller keeps `times`."""
+        if times is not None:
+            clock.lap(times, stage, device)
+
     def run_stages(self, feats: List[Tensor], logits: List[Tensor], deltas: List[Tensor], im_info: Tensor,
                    padded_size: Tuple[int, int], scale: float, height: int, width: int, masks: bool = True,
                    record: Optional[Dict[str, Tensor]] = None, rois: Optional[Tensor] = None,
@@ -198,14 +198,11 @@ class Detector(LoadedModel):
             level_boxes, level_scores = self.proposals(logits, deltas, im_info, padded_size)
             ours = self.collect(level_boxes, level_scores)
             rois = ours if rois is None else rois
-            if times is not None:
-                clock.lap(times, "proposals", im_info.device)
+            self._lap(times, "proposals", im_info.device)
             cls_prob, bbox_pred = self.box_head(feats, rois)
-            if times is not None:
-                clock.lap(times, "box_head", im_info.device)
+            self._lap(times, "box_head", im_info.device)
             boxes, scores, classes = self.box_results(rois, cls_prob, bbox_pred, scale, height, width)
-            if times is not None:
-                clock.lap(times, "box_results", im_info.device)
+            self._lap(times, "box_results", im_info.device)
             if record is not None:
                 for i in range(len(level_boxes)):
                     record["rpn_rois_fpn" + str(self.rpn_min_level + i)] = level_boxes[i]
@@ -222,12 +219,10 @@ class Detector(LoadedModel):
         starts = torch.zeros((0, 2), dtype=torch.int64, device=boxes.device)
         if masks:
             probs = self.mask_head(feats, boxes, classes, scale)
-            if times is not None:
-                clock.lap(times, "mask_head", im_info.device)
+            self._lap(times, "mask_head", im_info.device)
             if paste:
                 crops, starts = self.paste(probs, boxes, height, width)
-            if times is not None:
-                clock.lap(times, "paste", im_info.device)
+            self._lap(times, "paste", im_info.device)
             if record is not None:
                 record["mask_rois"] = mask_postprocess.mask_rois(boxes, scale)
                 record["mask_probs"] = probs

@@ -222,8 +222,7 @@ def argsort_segments(values: Tensor, lengths: Tensor) -> Tensor:
         if torch.compiler.is_exporting():
             return exportable.traced("sorting").argsort_segments(values, lengths)
     key = keys(values)
-    n = key.shape[0]
-    if n == 0:
+    if key.shape[0] == 0:
         return torch.zeros((0,), dtype=torch.int64, device=key.device)
     lengths = lengths.to(device=key.device, dtype=torch.int64)
     order, eq = order_and_ties(key, lengths)
@@ -247,6 +246,13 @@ def argsort(values: Tensor) -> Tensor:
                                      torch.full((1,), n, dtype=torch.int64, device=key.device), tie_flags(eq, order))
 
 
+def _swap(t: Tensor, i: int, j: int) -> None:
+    """Exchange t[i] and t[j] in place."""
+    ti, tj = t[i].clone(), t[j].clone()
+    t[i] = tj
+    t[j] = ti
+
+
 def argpartition(values: Tensor, kth: int) -> Tensor:
     """`np.argpartition(values, kth)` as numpy 1.23 did it for float32 (introselect)."""
     key = keys(values)
@@ -259,15 +265,10 @@ def argpartition(values: Tensor, kth: int) -> Tensor:
     t = torch.arange(n, device=dev)
     if kth < 3:  # numpy's selection sort of the first kth + 1
         for i in range(kth + 1):
-            j = i + int(torch.argmin(key[t[i:]]))
-            ti, tj = t[i].clone(), t[j].clone()
-            t[i] = tj
-            t[j] = ti
+            _swap(t, i, i + int(torch.argmin(key[t[i:]])))
         return t
     if kth == n - 1:  # the last maximum goes last
-        j = n - 1 - int(torch.argmax(key.flip(0)))
-        t[kth] = j
-        t[j] = kth
+        _swap(t, kth, n - 1 - int(torch.argmax(key.flip(0))))
         return t
     low, high = 0, n - 1
     depth_limit = msb(n) * 2
@@ -319,17 +320,13 @@ def argpartition(values: Tensor, kth: int) -> Tensor:
             if last >= 0:
                 ll = min(ll, ends[width + last])
                 hh = max(hh, ends[last])
-        tl0, th0 = t[low].clone(), t[hh].clone()
-        t[low] = th0
-        t[hh] = tl0
+        _swap(t, low, hh)
         if hh >= kth:
             high = hh - 1
         if hh <= kth:
             low = ll
     if high == low + 1 and bool(key[t[high]] < key[t[low]]):
-        tl1, th1 = t[low].clone(), t[high].clone()
-        t[low] = th1
-        t[high] = tl1
+        _swap(t, low, high)
     return t
 
 
@@ -341,8 +338,7 @@ def top_k_descending(scores: Tensor, k: int) -> Tensor:
         if torch.compiler.is_exporting():
             return exportable.traced("sorting").top_k_descending(scores, k)
     neg = -scores.reshape(-1)
-    n = neg.shape[0]
-    if k <= 0 or k >= n:
+    if k <= 0 or k >= neg.shape[0]:
         return argsort(neg)
     best, order = torch.topk(keys(neg), k + 1, largest=False, sorted=True)
     if not bool((best[1:] == best[:-1]).any()):

@@ -26,10 +26,8 @@ def heapsort(v: List[float], t: List[int]) -> None:
     """numpy's aheapsort of all of t (a 1-based heap)."""
     n = len(t)
     base = -1
-    k = n >> 1
-    while k > 0:
+    for k in range(n >> 1, 0, -1):
         _sift(v, t, base, k, t[base + k], n)
-        k -= 1
     while n > 1:
         tmp = t[base + n]
         t[base + n] = t[base + 1]
@@ -67,26 +65,6 @@ def _median5(v: List[float], t: List[int], off: int) -> int:
     return 2
 
 
-def _small_select(v: List[float], t: List[int], off: int, num: int, kth: int) -> bool:
-    """introselect's shortcuts (kth among the first three, or the last); True when they applied."""
-    if kth < 3:
-        for i in range(kth + 1):
-            minidx, minval = i, v[t[off + i]]
-            for k in range(i + 1, num):
-                if v[t[off + k]] < minval:
-                    minidx, minval = k, v[t[off + k]]
-            _swap(t, off + i, off + minidx)
-        return True
-    if kth == num - 1:
-        maxidx, maxval = 0, v[t[off]]
-        for k in range(1, num):
-            if not v[t[off + k]] < maxval:
-                maxidx, maxval = k, v[t[off + k]]
-        _swap(t, off + kth, off + maxidx)
-        return True
-    return False
-
-
 def _median3_pivot(v: List[float], t: List[int], off: int, low: int, high: int) -> None:
     mid = low + (high - low) // 2
     if v[t[off + high]] < v[t[off + mid]]:
@@ -98,7 +76,33 @@ def _median3_pivot(v: List[float], t: List[int], off: int, low: int, high: int) 
     _swap(t, off + mid, off + low + 1)
 
 
-def _partition(v: List[float], t: List[int], off: int, low: int, ll: int, hh: int) -> List[int]:
+def _select_medians(v: List[float], t: List[int], off: int, num: int, kth: int) -> None:
+    """introselect of the medians of five, with median-of-3 pivots only (numpy would recurse
+    into the medians' median of medians too; TorchScript cannot recurse)."""
+    if kth < 3:  # introselect's shortcuts: kth among the first three, or the last
+        for i in range(kth + 1):
+            minidx, minval = i, v[t[off + i]]
+            for k in range(i + 1, num):
+                if v[t[off + k]] < minval:
+                    minidx, minval = k, v[t[off + k]]
+            _swap(t, off + i, off + minidx)
+        return
+    if kth == num - 1:
+        maxidx, maxval = 0, v[t[off]]
+        for k in range(1, num):
+            if not v[t[off + k]] < maxval:
+                maxidx, maxval = k, v[t[off + k]]
+        _swap(t, off + kth, off + maxidx)
+        return
+    low, high = 0, num - 1
+    while low + 1 < high:
+        _median3_pivot(v, t, off, low, high)
+        low, high = _narrow(v, t, off, low, high, low + 1, high, kth)
+    _finish_select(v, t, off, low, high)
+
+
+def _narrow(v: List[float], t: List[int], off: int, low: int, high: int, ll: int, hh: int, kth: int) -> List[int]:
+    """One introselect partition about t[low], and the part of [low, high] that still holds kth."""
     pivot = v[t[off + low]]
     while True:
         ll += 1
@@ -111,24 +115,6 @@ def _partition(v: List[float], t: List[int], off: int, low: int, ll: int, hh: in
             break
         _swap(t, off + ll, off + hh)
     _swap(t, off + low, off + hh)
-    return [ll, hh]
-
-
-def _select_medians(v: List[float], t: List[int], off: int, num: int, kth: int) -> None:
-    """introselect of the medians of five, with median-of-3 pivots only (numpy would recurse
-    into the medians' median of medians too; TorchScript cannot recurse)."""
-    if _small_select(v, t, off, num, kth):
-        return
-    low, high = 0, num - 1
-    while low + 1 < high:
-        _median3_pivot(v, t, off, low, high)
-        low, high = _narrow(v, t, off, low, high, low + 1, high, kth)
-    _finish_select(v, t, off, low, high)
-
-
-def _narrow(v: List[float], t: List[int], off: int, low: int, high: int, ll: int, hh: int, kth: int) -> List[int]:
-    """One introselect partition about t[low], and the part of [low, high] that still holds kth."""
-    ll, hh = _partition(v, t, off, low, ll, hh)
     if hh >= kth:
         high = hh - 1
     if hh <= kth:

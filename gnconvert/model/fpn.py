@@ -26,15 +26,10 @@ class FPN(nn.Module):
         super().__init__()
         kw: Dict[str, Any] = dict(norm=arch.fpn_norm, num_groups=arch.gn_groups, eps=arch.gn_eps)
         dim = arch.fpn_dim
-        res2, res3, res4, res5 = (s.out for s in arch.stages)
-        self.lateral2 = ConvNorm(res2, dim, 1, **kw)
-        self.lateral3 = ConvNorm(res3, dim, 1, **kw)
-        self.lateral4 = ConvNorm(res4, dim, 1, **kw)
-        self.lateral5 = ConvNorm(res5, dim, 1, **kw)
-        self.output2 = ConvNorm(dim, dim, 3, **kw)
-        self.output3 = ConvNorm(dim, dim, 3, **kw)
-        self.output4 = ConvNorm(dim, dim, 3, **kw)
-        self.output5 = ConvNorm(dim, dim, 3, **kw)
+        for level, spec in zip(range(2, 6), arch.stages):  # lateral2..5, then output2..5: the state dict's order
+            self.add_module(f"lateral{level}", ConvNorm(spec.out, dim, 1, **kw))
+        for level in range(2, 6):
+            self.add_module(f"output{level}", ConvNorm(dim, dim, 3, **kw))
 
     def forward(self, feats: List[Tensor]) -> List[Tensor]:
         """[res2, res3, res4, res5] -> [P2, P3, P4, P5, P6]."""

@@ -70,10 +70,8 @@ class MaskHead(nn.Module):
         norm = GN if arch.mask_head == MaskHeadType.CONVS_GN else NONE
         dim_in, dim = arch.fpn_dim, arch.mask_dim
         kw: Dict[str, Any] = dict(norm=norm, num_groups=arch.gn_groups, eps=arch.gn_eps, relu=True)
-        self.fcn1 = ConvNorm(dim_in, dim, 3, **kw)
-        self.fcn2 = ConvNorm(dim, dim, 3, **kw)
-        self.fcn3 = ConvNorm(dim, dim, 3, **kw)
-        self.fcn4 = ConvNorm(dim, dim, 3, **kw)
+        for i in range(1, 5):
+            self.add_module(f"fcn{i}", ConvNorm(dim_in if i == 1 else dim, dim, 3, **kw))
         self.deconv = nn.ConvTranspose2d(dim, dim, 2, stride=2)
         self.logits = nn.Conv2d(dim, arch.num_classes, 1)
 

@@ -12,7 +12,6 @@ import logging
 import os
 import queue
 import re
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -238,11 +237,10 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
         check_free_space(part, length)
         name = url.rsplit("/", 1)[-1]
         bar = tqdm(total=(offset + length) if length is not None else None, initial=offset, unit="B",
-                   unit_scale=True, unit_divisor=1024, desc=name[:40], disable=not show,
-                   file=sys.stderr, leave=False)
+                   unit_scale=True, unit_divisor=1024, desc=name[:40], disable=not show, leave=False)
         f = open_part(part, "ab" if offset else "wb")
         hasher = _BackgroundMD5()
-        received, done = 0, False
+        received = 0
         try:
             if offset:  # the kept bytes are hashed once, never the whole file twice
                 with open(part, "rb") as old:
@@ -256,7 +254,6 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
                     hasher.update(block)
                     received += len(block)
                     bar.update(len(block))
-            done = True
         except _Retryable as e:
             raise _Retryable(f"transfer broke after {offset + received} bytes: {e}") from None
         except DownloadError:
@@ -265,8 +262,7 @@ def _stream_to_part(session, url: str, part: Path, settings: Settings, show: boo
             raise
         finally:
             f.close()
-            if not done:
-                hasher.abandon()
+            hasher.abandon()  # the thread stops here on every path; hexdigest below then only reads the digest
         digest = hasher.hexdigest()
         if length is not None and received < length:
             raise _Retryable(f"connection closed after {offset + received} of {offset + length} bytes")
@@ -310,8 +306,7 @@ class _BackgroundMD5:
         self._queue.put(block)
 
     def hexdigest(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
+        self.abandon()
         return self._md5.hexdigest()
 
     def abandon(self) -> None:
@@ -336,7 +331,7 @@ def copy_from_mirror(url: str, final: Path, show: bool) -> None:
     check_free_space(part, size)
     h = hashlib.md5()
     bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=source.name[:40], disable=not show,
-               file=sys.stderr, leave=False)
+               leave=False)
     try:
         with open(source, "rb") as src, open_part(part, "wb") as dst, bar:
             for block in iter(lambda: src.read(CHUNK), b""):
