@@ -11,11 +11,9 @@ eager `Detector` bit for bit on every image, then timed interleaved (E T P A E T
 Peak RSS: a fresh interpreter that loads each artifact and runs one image, nothing else.
 Ratios are eager's s/image over each runner's (above 1: faster than eager).
 
---aoti: on this project's CPU machine AOTInductor (torch 2.14) takes 8-13 min to compile the program;
-with inductor's buffer reuse on, the package aborts ("double free or corruption") on its first image,
-with it off (as here) it runs but its detections are not the eager model's (see README, Deploy), so
-`gnconvert export` offers no --to aoti yet.  The option (and `aoti_step`, the GPU report's export step,
-which runs in a child process with a time box) measure it where it may work.
+--aoti: compiles the program as `gnconvert export --to aoti` does (inductor lite mode, see
+gnconvert/export/aoti.py; about 7.5 min on this project's 2-core CPU machine).  `aoti_step` (the GPU
+report's export step, in a child process with a time box) builds the same package for CUDA.
 """
 from __future__ import annotations
 
@@ -66,12 +64,11 @@ def build(ckpt, folder: str, device: str, aoti: bool = False) -> dict:
     if not aoti:
         return {"runners": runners, "build_seconds": seconds, "eager": eager}
     t0 = time.perf_counter()
-    with torch.no_grad():
-        # scalar_asserts off: the unbacked-size bounds (up to 2**64 - 4) overflow inductor's C++ printer in torch 2.14;
-        # buffer reuse off: with it the CPU package corrupts its heap (double free) on the first image
-        package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "aoti.pt2"),
-                                                           inductor_configs={"scalar_asserts": False,
-                                                                             "allow_buffer_reuse": False})
+    import torchvision  # noqa: F401  (torch.export.load needs torchvision::roi_align registered)
+
+    from gnconvert.export.aoti import compile_package
+
+    package = compile_package(torch.export.load(os.path.join(folder, "model.pt2")), os.path.join(folder, "aoti.pt2"))
     seconds["aoti"] = time.perf_counter() - t0
     runners["aoti"] = torch._inductor.aoti_load_package(package)
     return {"runners": runners, "build_seconds": seconds, "eager": eager}

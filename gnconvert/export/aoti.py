@@ -1,0 +1,215 @@
+"""The `--to export` program compiled ahead of time by AOTInductor (one `.pt2` package), exactly.
+
+Experimental, and not yet a `--to` target: the package gives the eager model's outputs bit for
+bit on every golden GN image, but its compiled sort loops now and then stop with "numpy fallback
+... not exported" in one process on an input another process runs (a loud stop, never another
+answer); `scripts/bench_export.py --aoti` and the GPU report build it through `compile_package`.
+
+Inductor's own float kernels are not ATen's: its vectorised exp, its fused box decoding and
+sigmoid round differently by an ulp, and an ulp moves proposals across NMS and top-k, so a
+normally compiled package matched none of Detectron's detections.  The package is therefore
+built in inductor's lite mode: every floating-point op calls the ATen kernel eager runs, and
+inductor compiles only what is exact whoever computes it (integer and boolean arithmetic, fills,
+index ranges, size bookkeeping) plus the C++ that strings it together without Python:
+
+    import torch, torchvision        # torchvision registers torchvision::roi_align
+    model = torch._inductor.aoti_load_package("model_aoti.pt2")
+    out = model(torch.from_numpy(cv2.imread("image.jpg")))   # (H, W, 3) uint8 BGR
+
+Lite mode's C++ code generation in torch 2.14 trips on a few argument forms the traced
+pipeline uses; `_lowerable` rewrites those nodes into equivalent ones and `_lite_lowering`
+widens what is compiled and fills one serialisation gap, for the duration of the compile only.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, List
+from unittest import mock
+
+from gnconvert.errors import UsageError
+
+
+def _graphs(program) -> Iterator:
+    import torch
+
+    return (m for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule))
+
+
+def _scalar_overload(target, node):
+    """The overload of `target` that takes the Python numbers `node` passes where `target` wants tensors."""
+    import torch
+
+    schema = target._schema
+    if not any(isinstance(a.real_type, torch.TensorType) and isinstance(v, (int, float, bool))
+               for a, v in zip(schema.arguments, node.args)):
+        return None
+    for name in target.overloadpacket.overloads():
+        candidate = getattr(target.overloadpacket, name)
+        arguments = candidate._schema.arguments
+        positional = [a for a in arguments if not a.kwarg_only]
+        if candidate is target or len(node.args) > len(positional) or not set(node.kwargs) <= {a.name for a in arguments}:
+            continue
+        if all(not (isinstance(a.real_type, torch.TensorType) and not isinstance(v, torch.fx.Node))
+               and not (isinstance(a.real_type, torch.NumberType) and isinstance(v, torch.fx.Node))
+               for a, v in zip(arguments, node.args)):
+            return candidate
+    return None
+
+
+def _lowerable(program) -> None:
+    """Rewrite, in place, the nodes lite mode's C++ generation cannot emit into equivalent ones:
+    Python numbers in Tensor slots (`sub.Tensor(x, 1)` -> `sub.Scalar`), `arange(n)` (no lowering
+    of its own) -> `arange(0, n, 1)`, fills of an empty size -> `scalar_tensor`, and symbolic sizes
+    in Scalar slots (`clamp(x, max=n - 1)`, `full_like(x, n)`, `rsub(x, n)`) -> 0-d tensors."""
+    import torch
+
+    aten = torch.ops.aten
+    fake_mode = torch._guards.detect_fake_mode([n.meta.get("val") for n in program.graph.nodes])
+    for gm in _graphs(program):
+        graph = gm.graph
+        for node in list(graph.nodes):
+            target = node.target
+            if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+                continue
+            if target in (aten.zeros.default, aten.ones.default, aten.full.default) and list(node.args[0]) == []:
+                node.target = aten.scalar_tensor.default
+                node.args = (node.args[1] if target is aten.full.default else int(target is aten.ones.default),)
+                node.kwargs = {k: v for k, v in node.kwargs.items() if k in ("dtype", "device")}
+            elif target in (aten.arange.default, aten.arange.start):
+                start, end = (0, node.args[0]) if target is aten.arange.default else node.args[:2]
+                node.target, node.args = aten.arange.start_step, (start, end, 1)
+                node.kwargs = {"dtype": node.meta["val"].dtype, **node.kwargs}
+            elif target is aten.full.default and not math.isfinite(node.args[1]):
+                _non_finite_fill(graph, node, fake_mode)
+            elif target in (aten.clamp.default, aten.full_like.default, aten.rsub.Scalar):
+                _tensorize_symbolic(graph, node, fake_mode)
+            elif (overload := _scalar_overload(target, node)) is not None:
+                node.target = overload
+        gm.recompile()
+
+
+def _non_finite_fill(graph, node, fake_mode) -> None:
+    """`full(size, -inf)` -> `full(size, 0) + scalar_tensor(-inf)`: the package's fallback runner reads
+    its arguments from JSON, which has no infinities (torch writes "-Infinity" and cannot read it back)."""
+    import torch
+
+    aten = torch.ops.aten
+    size, fill = node.args[:2]
+    kw = {k: v for k, v in node.kwargs.items() if k in ("dtype", "device")}
+    with graph.inserting_before(node):
+        zeros = graph.call_function(aten.full.default, (size, 0.0), dict(node.kwargs))
+        value = graph.call_function(aten.scalar_tensor.default, (fill,), kw)
+        new = graph.call_function(aten.add.Tensor, (zeros, value))  # 0 + inf is inf, exactly
+    with fake_mode:
+        zeros.meta["val"] = aten.full.default(node.meta["val"].shape, 0.0, **node.kwargs)
+        value.meta["val"] = aten.scalar_tensor.default(fill, **kw)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
+def _tensorize_symbolic(graph, node, fake_mode) -> None:
+    """`clamp` / `full_like` / `rsub` whose Scalar argument is symbolic (a size, a padded side) -> the same with a 0-d tensor."""
+    import torch
+
+    aten = torch.ops.aten
+    args = dict(zip(("x", "a", "b"), node.args), **node.kwargs)
+    if not any(isinstance(v, torch.fx.Node) and isinstance(v.meta.get("val"), (torch.SymInt, torch.SymFloat)) for v in args.values()):
+        return
+    x = args["x"].meta["val"]
+    dtype = args.get("dtype") or x.dtype
+
+    def tensor(value):
+        if value is None:
+            return None
+        made = graph.call_function(aten.scalar_tensor.default, (value,), {"dtype": dtype, "device": x.device})
+        with fake_mode:
+            made.meta["val"] = aten.scalar_tensor.default(
+                value.meta["val"] if isinstance(value, torch.fx.Node) else value, dtype=dtype, device=x.device)
+        return made
+
+    with graph.inserting_before(node):
+        if node.target is aten.clamp.default:
+            new = graph.call_function(aten.clamp.Tensor, (args["x"], tensor(args.get("a", args.get("min"))),
+                                                          tensor(args.get("b", args.get("max")))))
+        elif node.target is aten.full_like.default:
+            zeros = graph.call_function(aten.full_like.default, (args["x"], 0), {"dtype": dtype})
+            with fake_mode:
+                zeros.meta["val"] = aten.full_like.default(x, 0, dtype=dtype)
+            new = graph.call_function(aten.add.Tensor, (zeros, tensor(args["a"])))  # 0 + n is n, exactly
+        else:  # rsub(x, n) = n - x
+            new = graph.call_function(aten.sub.Tensor, (tensor(args["a"]), args["x"]))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+
+
+@contextlib.contextmanager
+def _lite_lowering() -> Iterator[None]:
+    """For the compile only: compile the exact ops instead of falling back (index ranges, 0-d fills, integer and
+    boolean arithmetic, ops on symbolic sizes or returning numbers) and serialise keyword-only number
+    defaults that the generated C++ passes to the fallback runner (torch 2.14 leaves them out)."""
+    import torch
+    import torch._export.serde.serialize as serde
+    import torch._inductor.graph as inductor_graph
+    from torch._inductor.lowering import lowerings
+
+    fallback, serialize_inputs = inductor_graph.should_fallback_by_default, serde.GraphModuleSerializer.serialize_inputs
+
+    def exact_anyway(node) -> bool:
+        target = node.target
+        inputs: List[Any] = []
+        torch.fx.node.map_arg((node.args, node.kwargs), inputs.append)
+        values = [a.meta.get("val") for a in inputs]
+        out = node.meta.get("val")
+        if isinstance(target, torch._ops.OpOverload) and not all(
+                isinstance(r.real_type, torch.TensorType) for r in target._schema.returns):
+            return True
+        if target not in lowerings:
+            return False
+        tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        factory = target in (*ranges, torch.ops.aten.scalar_tensor.default)
+        return (factory or any(isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float)) for v in values)
+                or (isinstance(out, torch.Tensor) and not out.dtype.is_floating_point
+                    and not any(t.dtype.is_floating_point for t in tensors)))
+
+    def serialize_with_defaults(self, target, args, kwargs=None):
+        kwargs = dict(kwargs or {})
+        if isinstance(target, torch._ops.OpOverload):
+            for a in target._schema.arguments:
+                if a.kwarg_only and a.has_default_value() and isinstance(a.real_type, torch.NumberType):
+                    kwargs.setdefault(a.name, a.default_value)
+        return serialize_inputs(self, target, args, kwargs)
+
+    aten = torch.ops.aten
+
+    def range_lowering(*args, dtype=None, **kwargs):
+        """arange(end) and arange(start, end), which decompositions bring back after `_lowerable`."""
+        start, end = (0, args[0]) if len(args) == 1 else args[:2]
+        if dtype is None:  # arange's own rule: integers unless a bound is a float
+            dtype = torch.float32 if any(isinstance(v, (float, torch.SymFloat)) for v in (start, end)) else torch.int64
+        return lowerings[aten.arange.start_step](start, end, 1, dtype=dtype, **kwargs)
+
+    ranges = {aten.arange.default: range_lowering, aten.arange.start: range_lowering, aten.arange.start_step: None}
+    with mock.patch.dict(lowerings, {k: v for k, v in ranges.items() if v is not None}), \
+            mock.patch.object(inductor_graph, "should_fallback_by_default", lambda n: not exact_anyway(n) and fallback(n)), \
+            mock.patch.object(serde.GraphModuleSerializer, "serialize_inputs", serialize_with_defaults):
+        yield
+
+
+def compile_package(program, package_path: str) -> str:
+    """AOTInductor-compile `program` (an ExportedProgram, rewritten in place) in lite mode into
+    `package_path` (a name ending in .pt2)."""
+    import torch
+    import torch._inductor as inductor
+
+    options = getattr(inductor, "lite_mode_options", None)
+    if options is None:
+        raise UsageError(f"--to aoti needs inductor's lite mode, which torch {torch.__version__} lacks; "
+                         "use --to export (the same program, run by torch.export)")
+    _lowerable(program)
+    with _lite_lowering(), torch.no_grad():
+        # scalar_asserts off: the unbacked sizes' bounds (up to 2**64 - 4) overflow inductor's C++ printer
+        return inductor.aoti_compile_and_package(program, package_path=package_path,
+                                                 inductor_configs={**options, "scalar_asserts": False})
