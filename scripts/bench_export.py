@@ -68,6 +68,7 @@ def build(ckpt, folder: str, device: str, aoti: bool = False) -> dict:
 
     from gnconvert.export.aoti import compile_package
 
+    # a copy of the program, read back: compile_package rewrites its program in place, and runners["export"] is timed
     package = compile_package(torch.export.load(os.path.join(folder, "model.pt2")), os.path.join(folder, "aoti.pt2"))
     seconds["aoti"] = time.perf_counter() - t0
     runners["aoti"] = torch._inductor.aoti_load_package(package)

@@ -60,8 +60,9 @@ def _scalar_overload(target, node):
 def _lowerable(program) -> None:
     """Rewrite, in place, the nodes lite mode's C++ generation cannot emit into equivalent ones:
     Python numbers in Tensor slots (`sub.Tensor(x, 1)` -> `sub.Scalar`), `arange(n)` (no lowering
-    of its own) -> `arange(0, n, 1)`, fills of an empty size -> `scalar_tensor`, and symbolic sizes
-    in Scalar slots (`clamp(x, max=n - 1)`, `full_like(x, n)`, `rsub(x, n)`) -> 0-d tensors."""
+    of its own) -> `arange(0, n, 1)`, fills of an empty size -> `scalar_tensor`, `full(size, -inf)`
+    -> zeros + a 0-d fill, and symbolic values in Scalar slots (`clamp(x, max=n - 1)`, `full_like(x, n)`,
+    `rsub(x, n)`) -> 0-d tensors."""
     import torch
 
     aten = torch.ops.aten
@@ -155,7 +156,9 @@ def _lite_lowering() -> Iterator[None]:
     import torch._inductor.graph as inductor_graph
     from torch._inductor.lowering import lowerings
 
+    aten = torch.ops.aten
     fallback, serialize_inputs = inductor_graph.should_fallback_by_default, serde.GraphModuleSerializer.serialize_inputs
+    compiled_factories = (aten.arange.default, aten.arange.start, aten.arange.start_step, aten.scalar_tensor.default)
 
     def exact_anyway(node) -> bool:
         target = node.target
@@ -169,8 +172,8 @@ def _lite_lowering() -> Iterator[None]:
         if target not in lowerings:
             return False
         tensors = [v for v in values if isinstance(v, torch.Tensor)]
-        factory = target in (*ranges, torch.ops.aten.scalar_tensor.default)
-        return (factory or any(isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float)) for v in values)
+        numbers = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float)
+        return (target in compiled_factories or any(isinstance(v, numbers) for v in values)
                 or (isinstance(out, torch.Tensor) and not out.dtype.is_floating_point
                     and not any(t.dtype.is_floating_point for t in tensors)))
 
@@ -182,8 +185,6 @@ def _lite_lowering() -> Iterator[None]:
                     kwargs.setdefault(a.name, a.default_value)
         return serialize_inputs(self, target, args, kwargs)
 
-    aten = torch.ops.aten
-
     def range_lowering(*args, dtype=None, **kwargs):
         """arange(end) and arange(start, end), which decompositions bring back after `_lowerable`."""
         start, end = (0, args[0]) if len(args) == 1 else args[:2]
@@ -191,8 +192,7 @@ def _lite_lowering() -> Iterator[None]:
             dtype = torch.float32 if any(isinstance(v, (float, torch.SymFloat)) for v in (start, end)) else torch.int64
         return lowerings[aten.arange.start_step](start, end, 1, dtype=dtype, **kwargs)
 
-    ranges = {aten.arange.default: range_lowering, aten.arange.start: range_lowering, aten.arange.start_step: None}
-    with mock.patch.dict(lowerings, {k: v for k, v in ranges.items() if v is not None}), \
+    with mock.patch.dict(lowerings, {aten.arange.default: range_lowering, aten.arange.start: range_lowering}), \
             mock.patch.object(inductor_graph, "should_fallback_by_default", lambda n: not exact_anyway(n) and fallback(n)), \
             mock.patch.object(serde.GraphModuleSerializer, "serialize_inputs", serialize_with_defaults):
         yield
@@ -206,8 +206,8 @@ def compile_package(program, package_path: str) -> str:
 
     options = getattr(inductor, "lite_mode_options", None)
     if options is None:
-        raise UsageError(f"--to aoti needs inductor's lite mode, which torch {torch.__version__} lacks; "
-                         "use --to export (the same program, run by torch.export)")
+        raise UsageError(f"an exact AOTInductor package needs inductor's lite mode, which torch {torch.__version__} "
+                         "lacks; use --to export (the same program, run by torch.export)")
     _lowerable(program)
     with _lite_lowering(), torch.no_grad():
         # scalar_asserts off: the unbacked sizes' bounds (up to 2**64 - 4) overflow inductor's C++ printer
