@@ -147,7 +147,7 @@ def test_failure_after_writing_leaves_no_partial_file(source, tmp_path):
 
 
 def test_unknown_target_is_a_usage_error(source, tmp_path):
-    with pytest.raises(UsageError, match="choose one of export, torchscript, onnx, safetensors, detectron"):
+    with pytest.raises(UsageError, match="choose one of export, aoti, torchscript, onnx, safetensors, detectron"):
         export(source[3], "tflite", tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
 
@@ -160,7 +160,8 @@ def _cli(*args, cwd):
 def test_cli_rejects_bad_targets_and_unwritable_outputs(source, tmp_path):
     pkl = str(source[0])
     proc = _cli(pkl, "--to", "tflite", "-o", "model.tflite", cwd=tmp_path)
-    assert proc.returncode == 2 and "'tflite' is not one of 'export', 'torchscript', 'onnx', 'safetensors', 'detectron'" in proc.stderr
+    assert proc.returncode == 2
+    assert "'tflite' is not one of 'export', 'aoti', 'torchscript', 'onnx', 'safetensors', 'detectron'" in proc.stderr
 
 
     (tmp_path / "taken").mkdir()

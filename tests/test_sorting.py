@@ -113,3 +113,13 @@ def test_scripted_sorts_are_the_same_code():
     order = torch.jit.script(sorting.nms_order)
     assert torch.equal(top_k(x, 1000), sorting.top_k_descending(x, 1000))
     assert torch.equal(order(x), sorting.nms_order(x))
+
+
+def test_exported_depth_limit_is_numpys_floor_log2():
+    """The exported sorts' depth limit (numpy's npy_get_msb): floor(log2(m)) in integers, checked
+    against Python's own bit_length at every power of two and its neighbours up to 2**63 - 1."""
+    from gnconvert.inference.exportable.sorting import msb
+
+    ms = sorted({v for p in range(63) for v in (2 ** p - 1, 2 ** p, 2 ** p + 1) if 1 <= v < 2 ** 63} | {2 ** 63 - 1})
+    got = msb(torch.tensor(ms, dtype=torch.int64))
+    assert got.tolist() == [m.bit_length() - 1 for m in ms]

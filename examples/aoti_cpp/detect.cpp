@@ -1,4 +1,4 @@
-// Run gnconvert's AOTInductor package (scripts/bench_aoti.py builds one) from C++, without Python.
+// Run a gnconvert AOTInductor package (gnconvert export SOURCE --to aoti -o MODEL.pt2) from C++, without Python.
 //
 //   detect MODEL.pt2 IMAGE.bgr HEIGHT WIDTH [LIBRARY.so ...]
 //
@@ -11,7 +11,8 @@
 //   c++ -std=c++20 -O1 -D_GLIBCXX_USE_CXX11_ABI=1 detect.cpp -o detect -I $T/include \
 //       -I $T/include/torch/csrc/api/include -L $T/lib -Wl,-rpath,$T/lib -ltorch -ltorch_cpu -lc10 -ldl
 // and run with LD_LIBRARY_PATH=$T/lib when loading the wheel's torchvision library.
-// Prints one line per detection: class, score, x1 y1 x2 y2 (Detectron's inclusive pixels).
+// Prints one line per detection: class, score, x1 y1 x2 y2 (Detectron's inclusive pixels), each float
+// with 9 significant digits, which give back the float32 bit for bit.
 #include <dlfcn.h>
 
 #include <cstdio>
@@ -49,7 +50,7 @@ int main(int argc, char** argv) {
   std::vector<torch::Tensor> out = loader.run({image});
   auto boxes = out[0], scores = out[1], classes = out[2];
   for (int64_t i = 0; i < scores.size(0); ++i) {
-    std::printf("%lld %.6f %.2f %.2f %.2f %.2f\n", static_cast<long long>(classes[i].item<int64_t>()),
+    std::printf("%lld %.9g %.9g %.9g %.9g %.9g\n", static_cast<long long>(classes[i].item<int64_t>()),
                 scores[i].item<float>(), boxes[i][0].item<float>(), boxes[i][1].item<float>(),
                 boxes[i][2].item<float>(), boxes[i][3].item<float>());
   }

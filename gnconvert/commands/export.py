@@ -1,4 +1,4 @@
-"""`gnconvert export SOURCE --to export|torchscript|onnx|safetensors|detectron|timm|torchvision -o OUT`."""
+"""`gnconvert export SOURCE --to export|aoti|torchscript|onnx|safetensors|detectron|timm|torchvision -o OUT`."""
 from __future__ import annotations
 
 import click
@@ -10,7 +10,8 @@ from gnconvert.export import TARGETS
 @click.command("export")
 @click.argument("source")
 @click.option("--to", "target", required=True, type=click.Choice(TARGETS),
-              help="Artifact kind: export (whole pipeline, torch.export .pt2), torchscript (whole pipeline, deprecated "
+              help="Artifact kind: export (whole pipeline, torch.export .pt2), aoti (that program compiled by "
+                   "AOTInductor: one .pt2 package for Python or C++, minutes to build), torchscript (whole pipeline, deprecated "
                    "by PyTorch), onnx (network parts), safetensors, detectron (.pkl), timm (ImageNet backbones), "
                    "torchvision (backbones and Mask R-CNN).")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
@@ -19,7 +20,7 @@ from gnconvert.export import TARGETS
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Detectron YAML config for a .pkl that embeds none.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]),
-              help="Device an export artifact is traced for.")
+              help="Device an export or aoti artifact is traced and compiled for.")
 @click.option("--no-verify", is_flag=True, help="Skip running the artifact on the bundled image after writing it.")
 @opts_option
 def command(source: str, target: str, output: str, config_path, device: str, no_verify: bool, opts) -> None:

@@ -6,6 +6,7 @@
 
 Targets (one module each, with `outputs`, `write`, `verify`):
 - export: the whole Detectron test pipeline as a torch.export program (any image size);
+- aoti: that program compiled by AOTInductor into one package (Python or C++, no Python model code);
 - torchscript: the whole pipeline as a TorchScript archive (deprecated by PyTorch; kept while it runs);
 - onnx: body + FPN + RPN head, box head, mask head (three files, opset 17);
 - safetensors: the weights under our names with the JSON metadata header;
@@ -29,8 +30,8 @@ from gnconvert.errors import ParityError, UsageError
 from gnconvert.export.common import BUNDLED_IMAGE, check_output, loaded_network, writing
 from gnconvert.export.self_check import VerifyReport
 
-TARGETS = ("export", "torchscript", "onnx", "safetensors", "detectron", "timm", "torchvision")
-DEVICE_TARGETS = ("export",)  # traced or compiled for a device; the others are device-free
+TARGETS = ("export", "aoti", "torchscript", "onnx", "safetensors", "detectron", "timm", "torchvision")
+DEVICE_TARGETS = ("export", "aoti")  # traced or compiled for a device; the others are device-free
 # not named like the packages they import
 _MODULES = {"export": "exported_program", "timm": "to_timm", "torchvision": "to_torchvision"}
 
@@ -61,7 +62,7 @@ def export(ckpt, target: str, output, verify: bool = True, reference=None, image
            network=None, device: str = "cpu") -> ExportResult:
     """Write `ckpt` as `target` to `output` (plus siblings for onnx), verified unless verify=False.
 
-    device: where an export artifact runs ("cpu", "cuda"); the other targets are device-free.
+    device: where an export or aoti artifact runs ("cpu", "cuda"); the other targets are device-free.
 
     reference: the in-process `Detector`'s Detections on `image`, if already computed.
     Raises ParityError (and writes nothing) when the artifact does not reproduce the model.
@@ -71,7 +72,7 @@ def export(ckpt, target: str, output, verify: bool = True, reference=None, image
         module.require_onnx()
     on_device = {"device": device} if target in DEVICE_TARGETS else {}
     if device != "cpu" and not on_device:
-        raise UsageError(f"--device is for --to export; {target} artifacts are device-free")
+        raise UsageError(f"--device is for --to export and --to aoti; {target} artifacts are device-free")
     paths = output_paths(target, output)
     network = getattr(module, "loaded_network", loaded_network)(ckpt) if network is None else network
     if getattr(network, "bf16_prepared", False):

@@ -1,9 +1,4 @@
-"""The `--to export` program compiled ahead of time by AOTInductor (one `.pt2` package), exactly.
-
-Experimental, and not yet a `--to` target: the package gives the eager model's outputs bit for
-bit on every golden GN image, but its compiled sort loops now and then stop with "numpy fallback
-... not exported" in one process on an input another process runs (a loud stop, never another
-answer); `scripts/bench_export.py --aoti` and the GPU report build it through `compile_package`.
+"""`--to aoti`: the `--to export` program compiled ahead of time by AOTInductor (one `.pt2` package), exactly.
 
 Inductor's own float kernels are not ATen's: its vectorised exp, its fused box decoding and
 sigmoid round differently by an ulp, and an ulp moves proposals across NMS and top-k, so a
@@ -19,15 +14,37 @@ index ranges, size bookkeeping) plus the C++ that strings it together without Py
 Lite mode's C++ code generation in torch 2.14 trips on a few argument forms the traced
 pipeline uses; `_lowerable` rewrites those nodes into equivalent ones and `_lite_lowering`
 widens what is compiled and fills one serialisation gap, for the duration of the compile only.
+The generated C++ also checks the image before it runs (one line naming what is wrong) and
+runs AOTInductor's checks of every ATen call's output size, stride and dtype (torch's default
+is off unless AOTI_RUNTIME_CHECK_INPUTS=1, here on unless it is 0: they found an integer `pow`
+that came back float32, read as int64 by the compiled sorts).
+Before the package is written it runs on the check images and must give the eager
+`Detector`'s outputs bit for bit, as `--to export` must.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 from unittest import mock
 
+from gnconvert.checkpoint.converted import ConvertedCheckpoint
 from gnconvert.errors import UsageError
+from gnconvert.export.common import BUNDLED_IMAGE
+from gnconvert.export.self_check import VerifyReport
+
+LOADING = """This is an AOTInductor package of Detectron's Mask R-CNN test pipeline (gnconvert export --to aoti).
+It needs torch and torchvision (for torchvision::roi_align), imported before loading it:
+
+    import torch, torchvision
+    model = torch._inductor.aoti_load_package("model_aoti.pt2")
+    out = model(torch.from_numpy(cv2.imread("image.jpg")))   # (H, W, 3) uint8 BGR
+
+From C++: torch::inductor::AOTIModelPackageLoader (gnconvert's examples/aoti_cpp/detect.cpp).
+Compiled for one device (the one named in --device); any image of 32..8192 pixels a side.
+"""
+_RUNTIME_CHECKS_SWITCH = "env_var_value != nullptr && env_var_value[0] != '0'"
+_DTYPES = ("uint8", "int8", "int16", "int32", "int64", "bool", "float16", "bfloat16", "float32", "float64")
 
 
 def _graphs(program) -> Iterator:
@@ -198,18 +215,103 @@ def _lite_lowering() -> Iterator[None]:
         yield
 
 
-def compile_package(program, package_path: str) -> str:
+def _input_checks(program) -> str:
+    """C++ that checks each input's rank, dtype, fixed sizes, size bounds and device before the
+    package runs, each failure one line naming the input, what it must be and what it got."""
+    import torch
+
+    names = [spec.arg.name for spec in program.graph_signature.input_specs
+             if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    values = {n.name: n.meta["val"] for n in program.graph.nodes if n.op == "placeholder"}
+    lines = ["static std::string gnconvert_dtype_name(int32_t code) {"]
+    lines += [f'    if (code == aoti_torch_dtype_{d}()) return "{d}";' for d in _DTYPES]
+    lines += ['    return "dtype code " + std::to_string(code);', "}",
+              "static void gnconvert_check_inputs(AtenTensorHandle* handles) {"]
+    for i, name in enumerate(names):
+        val = values[name]
+        dims = []
+        for size in val.shape:
+            bounds = program.range_constraints.get(size.node.expr) if isinstance(size, torch.SymInt) else None
+            dims.append(str(size) if bounds is None else f"{bounds.lower}..{bounds.upper}")
+        dtype = str(val.dtype).split(".")[-1]
+        want = f"a {dtype} tensor of shape ({', '.join(dims)}) on {val.device.type}"
+        fail = f'throw std::runtime_error(std::string("{name}: expected {want}, got ") + '
+        lines += ["    {", f"        AtenTensorHandle h = handles[{i}];", "        int64_t rank; int32_t dtype, device; int64_t* sizes;",
+                  "        AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(h, &rank));",
+                  f'        if (rank != {val.dim()}) {fail}std::to_string(rank) + " dimensions");',
+                  "        AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(h, &dtype));",
+                  f'        if (dtype != aoti_torch_dtype_{dtype}()) {fail}gnconvert_dtype_name(dtype));',
+                  "        AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(h, &device));",
+                  f'        if (device != aoti_torch_device_type_{val.device.type}()) {fail}"device type " + std::to_string(device));',
+                  "        AOTI_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(h, &sizes));"]
+        for d, text in enumerate(dims):
+            low, _, high = text.partition("..")
+            bad = f"sizes[{d}] < {low} || sizes[{d}] > {high}" if high else f"sizes[{d}] != {low}"
+            lines.append(f'        if ({bad}) {fail}"size " + std::to_string(sizes[{d}]) + " in dimension {d}");')
+        lines.append("    }")
+    return "\n".join(lines + ["}", ""])
+
+
+@contextlib.contextmanager
+def _checked_wrapper(program) -> Iterator[None]:
+    """For the compile only: the generated wrapper checks its inputs first (`_input_checks`)
+    and runs AOTInductor's own output checks unless AOTI_RUNTIME_CHECK_INPUTS=0."""
+    from torch._inductor.codecache import AotCodeCompiler
+
+    compile_ = AotCodeCompiler.__dict__["compile"].__func__  # the classmethod's function
+    checks = _input_checks(program)
+
+    def compile_checked(cls, graph, wrapper_code, *args, **kwargs):
+        entry = "__check_inputs_outputs(input_handles, output_handles);"
+        if _RUNTIME_CHECKS_SWITCH not in wrapper_code or entry not in wrapper_code:
+            raise UsageError("this torch's AOTInductor wrapper code has changed (no runtime-check switch); "
+                             "use --to export")
+        wrapper_code = wrapper_code.replace(_RUNTIME_CHECKS_SWITCH, "env_var_value == nullptr || env_var_value[0] != '0'")
+        first = wrapper_code.index("namespace torch::aot_inductor {") if "namespace torch::aot_inductor {" in wrapper_code else 0
+        wrapper_code = (wrapper_code[:first] + checks + wrapper_code[first:]).replace(
+            entry, "gnconvert_check_inputs(input_handles); " + entry)
+        return compile_(cls, graph, wrapper_code, *args, **kwargs)
+
+    with mock.patch.object(AotCodeCompiler, "compile", classmethod(compile_checked)):
+        yield
+
+
+def compile_package(program, package, extra_files: Optional[Dict[str, str]] = None):
     """AOTInductor-compile `program` (an ExportedProgram, rewritten in place) in lite mode into
-    `package_path` (a name ending in .pt2)."""
+    `package` (a name ending in .pt2, or a writable file), with `extra_files` in its extra/ folder."""
     import torch
     import torch._inductor as inductor
+    import torch._inductor.package as packaging
+    from torch.export.pt2_archive._package import package_pt2
 
     options = getattr(inductor, "lite_mode_options", None)
     if options is None:
         raise UsageError(f"an exact AOTInductor package needs inductor's lite mode, which torch {torch.__version__} "
                          "lacks; use --to export (the same program, run by torch.export)")
     _lowerable(program)
-    with _lite_lowering(), torch.no_grad():
+    with _lite_lowering(), _checked_wrapper(program), torch.no_grad(), mock.patch.object(
+            packaging, "package_aoti", lambda f, files: package_pt2(f, aoti_files=files, extra_files=extra_files)):
         # scalar_asserts off: the unbacked sizes' bounds (up to 2**64 - 4) overflow inductor's C++ printer
-        return inductor.aoti_compile_and_package(program, package_path=package_path,
+        return inductor.aoti_compile_and_package(program, package_path=package,
                                                  inductor_configs={**options, "scalar_asserts": False})
+
+
+def write(ckpt: ConvertedCheckpoint, paths: List[str], network=None, device: str = "cpu") -> None:
+    """Trace the `--to export` program and compile it into the temporary name (minutes on a CPU)."""
+    from gnconvert.export import exported_program
+
+    program = exported_program.trace(ckpt, network, device)
+    with open(paths[0], "wb") as f:
+        compile_package(program, f, exported_program.extra_files(ckpt, LOADING))
+
+
+def verify(ckpt: ConvertedCheckpoint, paths: List[str], network=None, reference=None,
+           image=BUNDLED_IMAGE, device: str = "cpu") -> VerifyReport:
+    """Load the written package with torch alone and check it on the check images."""
+    import torch
+    import torchvision  # noqa: F401  (registers torchvision::roi_align)
+
+    from gnconvert.export import exported_program
+
+    package = torch._inductor.aoti_load_package(paths[0])
+    return exported_program.verify_with(package, ckpt, "aoti", paths[0], network, image, device)

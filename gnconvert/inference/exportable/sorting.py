@@ -29,8 +29,11 @@ def size_of(x: Tensor, dim: int = 0) -> Tensor:
 
 
 def msb(m: Tensor) -> Tensor:
-    """floor(log2(m)) for every m >= 1 (numpy's npy_get_msb), in integer arithmetic."""
-    powers = torch.pow(2, torch.arange(1, 63, device=m.device, dtype=torch.int64))
+    """floor(log2(m)) for every m >= 1 (numpy's npy_get_msb), in integer arithmetic.  The powers
+    are shifts, not `pow(2, n)`: AOTInductor runs an integer pow through a C shim that takes the
+    base as a double and returns float32 (then read as int64: a garbage depth limit)."""
+    one = torch.ones((62,), dtype=torch.int64, device=m.device)
+    powers = torch.bitwise_left_shift(one, torch.arange(1, 63, device=m.device, dtype=torch.int64))
     return (m[:, None] >= powers[None, :]).sum(1)
 
 
