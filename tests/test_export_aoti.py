@@ -20,7 +20,7 @@ import cv2
 import pytest
 import torch
 from test_export_program import GN_IMAGES
-from test_export_torchscript import _torch_only_path
+from test_export_torchscript import TORCH_ONLY_START, _torch_only_path
 
 from gnconvert.checkpoint.sources import load_source
 from gnconvert.export.aoti import compile_package
@@ -98,17 +98,7 @@ def test_a_package_that_differs_is_refused_and_nothing_is_written(package, seede
     assert list(tmp_path.iterdir()) == []
 
 
-CHILD = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, sys.argv[1])
-    for name in ("gnconvert", "cv2", "pycocotools"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(name + " is importable in the torch-only interpreter")
-    import torch, torchvision
+CHILD = TORCH_ONLY_START + textwrap.dedent("""
     model = torch._inductor.aoti_load_package(sys.argv[2])
     images = torch.load(sys.argv[3])
     torch.save({name: model(image) for name, image in images.items()}, sys.argv[4])

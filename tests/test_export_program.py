@@ -13,7 +13,7 @@ import textwrap
 import cv2
 import pytest
 import torch
-from test_export_torchscript import _torch_only_path
+from test_export_torchscript import TORCH_ONLY_START, _torch_only_path
 
 from gnconvert.checkpoint.sources import load_source
 from gnconvert.errors import ParityError
@@ -80,17 +80,7 @@ def test_program_calls_only_torch_and_torchvision_ops(programs):
     assert {op.split("::")[0] for op in ops} <= {"torchvision", "higher_order"}, ops
 
 
-CHILD = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, sys.argv[1])
-    for name in ("gnconvert", "cv2", "pycocotools"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
-        else:
-            raise SystemExit(name + " is importable in the torch-only interpreter")
-    import torch, torchvision
+CHILD = TORCH_ONLY_START + textwrap.dedent("""
     model = torch.export.load(sys.argv[2]).module()
     images = torch.load(sys.argv[3])
     torch.save({name: model(image) for name, image in images.items()}, sys.argv[4])

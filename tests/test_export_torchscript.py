@@ -101,7 +101,7 @@ def _torch_only_path(folder):
     return folder
 
 
-CHILD = textwrap.dedent("""
+TORCH_ONLY_START = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     for name in ("gnconvert", "cv2", "pycocotools"):
@@ -112,6 +112,8 @@ CHILD = textwrap.dedent("""
         else:
             raise SystemExit(name + " is importable in the torch-only interpreter")
     import torch, torchvision
+""")  # a child script's start: torch and torchvision, nothing of ours
+CHILD = TORCH_ONLY_START + textwrap.dedent("""
     extra = {"architecture.json": "", "provenance.json": "", "io.json": "", "test_settings.json": ""}
     model = torch.jit.load(sys.argv[2], map_location="cpu", _extra_files=extra)
     images = torch.load(sys.argv[3])
